@@ -1,0 +1,1 @@
+//! Configuration (in progress on the config branch).
