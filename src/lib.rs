@@ -17,6 +17,10 @@
 //! commit that contains it was written and `fdatasync`'d ([`store`]); it leaves the store
 //! only after Kafka acknowledged it ([`forward`]) or a counted retention rule removed it.
 
+pub mod cli;
 pub mod config;
+pub mod forward;
+pub mod ingest;
 pub mod store;
+pub mod telemetry;
 pub mod topic;

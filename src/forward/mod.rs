@@ -1,0 +1,8 @@
+//! Forwarder: drains the store to Kafka (in progress).
+
+pub mod deadletter;
+pub mod kafka;
+pub mod mapping;
+pub mod schedule;
+pub mod throttle;
+pub mod window;

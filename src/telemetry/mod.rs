@@ -1,0 +1,1 @@
+//! Logging, metrics, systemd notify (in progress).
