@@ -103,7 +103,7 @@ fn render_problems(file: &str, problems: &[Diagnostic]) -> String {
 }
 
 /// The whole ferry configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Identifies this gateway downstream (Kafka headers, `{gateway}` in templates).
@@ -125,6 +125,23 @@ pub struct Config {
     /// The directory of the file this came from, to resolve relative paths.
     #[serde(skip)]
     base_dir: Option<PathBuf>,
+}
+
+/// Equal when the settings are equal; where they were loaded from and the warnings found on
+/// the way do not count.
+impl PartialEq for Config {
+    fn eq(&self, o: &Self) -> bool {
+        self.gateway_id == o.gateway_id
+            && self.storage == o.storage
+            && self.classes == o.classes
+            && self.classify == o.classify
+            && self.mqtt == o.mqtt
+            && self.kafka == o.kafka
+            && self.forward == o.forward
+            && self.control == o.control
+            && self.metrics == o.metrics
+            && self.log == o.log
+    }
 }
 
 impl Default for Config {
@@ -634,6 +651,9 @@ impl Findings {
     fn error(&mut self, path: &str, msg: impl Into<String>) {
         self.errors.push((KeyPath::parse(path), msg.into()));
     }
+    fn error_at(&mut self, path: KeyPath, msg: impl Into<String>) {
+        self.errors.push((path, msg.into()));
+    }
     fn warn(&mut self, path: &str, msg: impl Into<String>) {
         self.warnings.push((KeyPath::parse(path), msg.into()));
     }
@@ -1117,8 +1137,8 @@ impl Config {
         }
         for (key, _) in k.properties.iter() {
             if let Some((_, instead)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(r, _)| *r == key) {
-                f.error(
-                    &format!("kafka.properties.{key}"),
+                f.error_at(
+                    KeyPath::parse("kafka.properties").key(key),
                     format!("ferry sets `{key}` itself; use `{instead}` instead"),
                 );
             }
