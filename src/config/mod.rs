@@ -66,11 +66,12 @@ pub const TEMPLATE_PLACEHOLDERS: &[&str] = &[
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (check the path, or pass another one with --config)")]
+    // The I/O error is part of the message rather than a `source`, so the reason is shown
+    // exactly once whether the error is printed alone or as an anyhow chain.
+    #[error("cannot read config file {path}: {error}; check the path, or pass another one with --config")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}", render_problems(file, problems))]
     Invalid {
@@ -664,9 +665,9 @@ impl Config {
     /// (`mqtt.password_file`) are taken relative to the file's directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let name = path.display().to_string();
         let mut cfg = Config::from_str_with_name(&text, &name)?;
@@ -1424,9 +1425,9 @@ struct PasswordFile {
 }
 
 fn load_password_file(path: &Path) -> Result<Vec<UserConfig>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let name = path.display().to_string();
     let parsed: PasswordFile = toml::from_str(&text).map_err(|e| {
