@@ -134,7 +134,7 @@ fn unknown_top_level_section() {
 
 #[test]
 fn bad_size_names_class_index_line_and_expectation() {
-    let text = format!("{CLASSES}").replace("\"512MiB\"", "\"512XB\"");
+    let text = CLASSES.replace("\"512MiB\"", "\"512XB\"");
     let msg = one_error(&text, "class[1].max_bytes", 10);
     assert!(msg.contains("unknown unit `XB`"), "{msg}");
     assert!(msg.contains("expected a size like \"512MiB\""), "{msg}");
