@@ -123,7 +123,7 @@ fn unknown_key_names_key_line_and_the_known_keys() {
     let text = "[storage]\ndata_dir = \"/tmp/x\"\nsegment_sise = \"1MiB\"\n";
     let msg = one_error(text, "storage.segment_sise", 3);
     assert!(msg.contains("unknown field `segment_sise`"), "{msg}");
-    assert!(msg.contains("segment_size"), "lists the valid keys: {msg}");
+    assert!(msg.contains("did you mean `segment_size`?"), "{msg}");
 }
 
 #[test]
@@ -180,6 +180,11 @@ fn unknown_default_class_without_a_classify_section() {
     let p = &err.problems()[0];
     assert_eq!(p.path.to_string(), "classify.default_class");
     assert!(p.message.contains("unknown class `telemetry`"), "{err}");
+    assert!(
+        p.message
+            .contains("not in the file, so its default applies"),
+        "{err}"
+    );
 }
 
 #[test]

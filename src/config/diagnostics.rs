@@ -230,6 +230,15 @@ fn walk_value(v: &Value, path: &KeyPath, offset: usize, best: &mut KeyPath) {
 /// The span of the value at `path` (or of its key, or of the nearest parent that exists), so a
 /// validation error can point at the right line even for keys that were left at their default.
 pub fn span_of(doc: &ImDocument<&str>, path: &KeyPath) -> Option<Range<usize>> {
+    lookup(doc, path).0
+}
+
+/// True when every segment of `path` is written in the document (false: a default applies).
+pub fn is_written(doc: &ImDocument<&str>, path: &KeyPath) -> bool {
+    lookup(doc, path).1
+}
+
+fn lookup(doc: &ImDocument<&str>, path: &KeyPath) -> (Option<Range<usize>>, bool) {
     let mut cur = Node::Table(doc.as_table());
     let mut best = None;
     for seg in &path.0 {
@@ -265,10 +274,10 @@ pub fn span_of(doc: &ImDocument<&str>, path: &KeyPath) -> Option<Range<usize>> {
                 }
                 cur = node;
             }
-            None => break,
+            None => return (best, false),
         }
     }
-    best
+    (best, true)
 }
 
 #[derive(Clone, Copy)]

@@ -719,11 +719,24 @@ impl Config {
             let doc = doc.as_ref()?;
             diagnostics::span_of(doc, path).map(|r| Location::from_offset(text, r.start))
         };
-        let to_diag = |(path, message): (KeyPath, String)| Diagnostic {
-            file: name.to_string(),
-            location: locate(&path),
-            path,
-            message,
+        let written = |path: &KeyPath| {
+            doc.as_ref()
+                .is_none_or(|doc| diagnostics::is_written(doc, path))
+        };
+        let to_diag = |(path, message): (KeyPath, String)| {
+            // A rule can fail on a default the operator never wrote (default_class =
+            // "telemetry" with their own classes); say so, or the message is a riddle.
+            let message = if written(&path) {
+                message
+            } else {
+                format!("{message} (this key is not in the file, so its default applies; set it explicitly)")
+            };
+            Diagnostic {
+                file: name.to_string(),
+                location: locate(&path),
+                path,
+                message,
+            }
         };
         let findings = cfg.validate();
         if !findings.errors.is_empty() {
@@ -1248,6 +1261,9 @@ impl Config {
 /// Rewrites serde's Rust-flavoured expectations into words an operator knows.
 fn friendlier(msg: &str) -> String {
     let mut m = msg.trim().to_string();
+    if let Some(s) = suggest_field(&m) {
+        m.push_str(&format!("; did you mean `{s}`?"));
+    }
     for (rust, human) in [
         ("expected u8", "expected a whole number from 0 to 255"),
         ("expected u16", "expected a whole number from 0 to 65535"),
@@ -1264,6 +1280,34 @@ fn friendlier(msg: &str) -> String {
         m = m.replace(rust, human);
     }
     m
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`": the known field closest to `x`,
+/// when it is close enough to be a typo.
+fn suggest_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let list = rest.split_once("expected ")?.1;
+    let candidates = list.split('`').skip(1).step_by(2);
+    let (dist, best) = candidates
+        .map(|c| (edit_distance(unknown, c), c))
+        .min_by_key(|(d, _)| *d)?;
+    (dist > 0 && dist <= 2.max(unknown.len() / 4)).then(|| best.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn bound<D: fmt::Display>(
@@ -1515,6 +1559,17 @@ mod tests {
             assert!(out.contains("SASL_SSL"), "{out}");
         }
         assert_eq!(p.get("sasl.password"), Some("hunter2"));
+    }
+
+    #[test]
+    fn typo_suggestions() {
+        let m =
+            "unknown field `segment_sise`, expected one of `data_dir`, `segment_size`, `min_free`";
+        assert_eq!(suggest_field(m).as_deref(), Some("segment_size"));
+        let m = "unknown field `colour`, expected one of `data_dir`, `segment_size`";
+        assert_eq!(suggest_field(m), None);
+        assert_eq!(suggest_field("missing field `name`"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
