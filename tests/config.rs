@@ -370,3 +370,85 @@ fn load_reads_files_and_warns_about_world_writable() {
     assert!(missing.to_string().contains("nope.toml"), "{missing}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tls_rules() {
+    let base = "[mqtt]\nlisten = \"127.0.0.1:1883\"\n[mqtt.tls]\nlisten = \"127.0.0.1:8883\"\n";
+    let msg = one_error(
+        &format!("{base}cert = \"/c\"\nkey = \"/k\"\nrequire_client_cert = true\n"),
+        "mqtt.tls.require_client_cert",
+        7,
+    );
+    assert!(msg.contains("needs `client_ca`"), "{msg}");
+    let msg = one_error(&format!("{base}key = \"/k\"\n"), "mqtt.tls", 3);
+    assert!(
+        msg.contains("`cert` and `key` must be given together"),
+        "{msg}"
+    );
+    let msg = one_error(
+        "[mqtt.tls]\nlisten = \"0.0.0.0:1883\"\ncert = \"/c\"\nkey = \"/k\"\n",
+        "mqtt.tls.listen",
+        2,
+    );
+    assert!(msg.contains("is also mqtt.listen"), "{msg}");
+
+    // Loading from a file also says when the certificate files are missing (a warning: the
+    // file may be checked before the certificates are deployed).
+    let dir = std::env::temp_dir().join(format!("ferry-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tls.toml");
+    std::fs::write(
+        &path,
+        format!("{base}cert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n"),
+    )
+    .unwrap();
+    let cfg = Config::load(&path).unwrap();
+    let paths: Vec<String> = cfg.warnings().iter().map(|w| w.path.to_string()).collect();
+    assert_eq!(
+        paths,
+        ["mqtt.tls.cert", "mqtt.tls.key"],
+        "{:?}",
+        cfg.warnings()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn limits_and_cross_section_rules() {
+    let msg = one_error(
+        "[storage]\ncompression_level = 22\n",
+        "storage.compression_level",
+        2,
+    );
+    assert!(msg.contains("expected 0 (off) to 19"), "{msg}");
+    let msg = one_error(
+        "[mqtt]\nmax_packet_size = \"1MiB\"\n",
+        "mqtt.max_packet_size",
+        2,
+    );
+    assert!(msg.contains("storage.commit.max_batch"), "{msg}");
+    let msg = one_error(
+        "[forward]\nbackoff_min = \"2m\"\n",
+        "forward.backoff_max",
+        1,
+    );
+    assert!(msg.contains("less than forward.backoff_min (2m)"), "{msg}");
+    let msg = one_error("[log]\nlevel = \"loud=[\"\n", "log.level", 2);
+    assert!(msg.contains("not a log filter"), "{msg}");
+    let msg = one_error("gateway_id = \"site 1/a\"\n", "gateway_id", 1);
+    assert!(msg.contains("not a valid gateway id"), "{msg}");
+    let text =
+        "[[mqtt.user]]\nname = \"u\"\npassword_hash = \"secret\"\npublish = [\"a/#\", \"b/#/c\"]\n";
+    let err = Config::from_str_with_name(text, "u.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("u.toml:3:17: `mqtt.user[0].password_hash`"),
+        "{err}"
+    );
+    assert!(err.contains("ferry passwd --user u"), "{err}");
+    assert!(
+        err.contains("u.toml:4:19: `mqtt.user[0].publish[1]`: invalid topic filter"),
+        "{err}"
+    );
+}
