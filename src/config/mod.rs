@@ -23,6 +23,22 @@
 //!   shown as `"***"` in the effective config, JSON and `Debug` output.
 //! - **Warnings are not errors.** Anonymous MQTT on a non-loopback listener or a world-writable
 //!   config file is allowed (a lab bench may want it) but reported by [`Config::warnings`].
+//!
+//! # Files
+//! - `mod.rs`: the schema (one struct per section, each `Default` documented in the file), the
+//!   loader ([`Config::load`], [`Config::from_str_with_name`]) and the conversions other parts
+//!   use ([`Config::store_options`], [`Config::users`]).
+//! - `units.rs`: [`ByteSize`], [`HumanDuration`], [`ByteRate`].
+//! - `validate.rs`: the cross-field rules ([`Config::validate`]).
+//! - `diagnostics.rs`: key paths, spans, and how a problem is printed:
+//!
+//! ```text
+//! ferry: invalid configuration in /etc/ferry/ferry.toml (1 problem):
+//! /etc/ferry/ferry.toml:10:13: `class[1].max_bytes`: `512XB` has an unknown unit `XB` (...); expected a size like "512MiB", ...
+//!     |
+//!  10 | max_bytes = "512XB"
+//!     |             ^
+//! ```
 
 pub mod diagnostics;
 pub mod units;
