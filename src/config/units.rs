@@ -200,6 +200,7 @@ impl From<HumanDuration> for Duration {
 }
 
 const DURATION_UNITS: &[(&str, u128)] = &[
+    ("ns", 1),
     ("us", 1_000),
     ("ms", 1_000_000),
     ("s", 1_000_000_000),
@@ -244,7 +245,7 @@ impl FromStr for HumanDuration {
             }
             let Some(rank) = DURATION_UNITS.iter().position(|(u, _)| *u == unit) else {
                 return Err(format!(
-                    "`{s}` has an unknown unit `{unit}` (units: us, ms, s, m, h, d, w); expected {DURATION_EXPECTED}"
+                    "`{s}` has an unknown unit `{unit}` (units: ns, us, ms, s, m, h, d, w); expected {DURATION_EXPECTED}"
                 ));
             };
             // "30m1h" is almost certainly a typo; require the largest unit first.
@@ -287,9 +288,6 @@ impl fmt::Display for HumanDuration {
                 nanos %= size;
                 write!(f, "{n}{unit}")?;
             }
-        }
-        if nanos > 0 {
-            write!(f, "{nanos}ns")?;
         }
         Ok(())
     }
@@ -514,7 +512,7 @@ mod tests {
 
     #[test]
     fn durations_print_back() {
-        for s in ["0s", "2ms", "30s", "1h30m", "7d", "1d2h3m4s5ms", "250us"] {
+        for s in ["0s", "2ms", "30s", "1h30m", "7d", "1d2h3m4s5ms", "250us", "1s5ns"] {
             let d: HumanDuration = s.parse().unwrap();
             assert_eq!(d.to_string(), s);
         }
