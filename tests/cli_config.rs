@@ -240,6 +240,30 @@ fn passwd_hash_verifies() {
     assert!(Argon2::default()
         .verify_password(b"s3cret pas", &hash)
         .is_err());
+
+    // ... and can be appended to a password file as is.
+    let s = Scratch::new("pwfile");
+    s.file("users.toml", &stdout);
+    let cfg = s.file(
+        "ferry.toml",
+        "[mqtt]\nlisten = \"127.0.0.1:1883\"\nallow_anonymous = false\npassword_file = \"users.toml\"\n",
+    );
+    let out = run(&["config", "check", &cfg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("valid (0 warnings, 1 MQTT user)"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A broken password file is a config error too.
+    s.file("users.toml", "[[mqtt.user]]\nname = \"x\"\n");
+    let out = run(&["config", "check", &cfg]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains("missing field `password_hash`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

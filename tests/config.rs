@@ -336,7 +336,7 @@ fn load_reads_files_and_warns_about_world_writable() {
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$4+s1AuHbmCNb9pg5M5LCmvK1CtB8kRMBgvRJ8JSMiWY";
     std::fs::write(
         dir.join("users.toml"),
-        format!("[[user]]\nname = \"u1\"\npassword_hash = \"{hash}\"\n"),
+        format!("[[mqtt.user]]\nname = \"u1\"\npassword_hash = \"{hash}\"\n"),
     )
     .unwrap();
     let cfg = Config::load(&path).unwrap();
@@ -358,7 +358,7 @@ fn load_reads_files_and_warns_about_world_writable() {
 
     std::fs::write(
         dir.join("users.toml"),
-        "[[user]]\nname = \"u1\"\npassword_hash = \"plain\"\n",
+        "[[mqtt.user]]\nname = \"u1\"\npassword_hash = \"plain\"\n",
     )
     .unwrap();
     let err = cfg.users().unwrap_err();

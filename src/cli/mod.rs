@@ -105,7 +105,7 @@ pub struct PasswdArgs {
     /// Print a complete [[mqtt.user]] block for this user name.
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
-    /// Read the password from the first line of standard input, even from a terminal.
+    /// Read the password from the first line of stdin, even from a terminal.
     #[arg(long)]
     pub password_stdin: bool,
 }

@@ -344,7 +344,8 @@ pub struct MqttConfig {
     pub connect_timeout: HumanDuration,
     pub max_keep_alive: HumanDuration,
     pub allow_anonymous: bool,
-    /// A separate TOML file of `[[user]]` tables (same keys as `[[mqtt.user]]`), so the main
+    /// A separate TOML file holding only `[[mqtt.user]]` tables (what `ferry passwd --user`
+    /// prints, so its output can be appended as is), so the main
     /// config can stay world-readable while the hashes do not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
@@ -790,7 +791,7 @@ impl Config {
         o
     }
 
-    /// Every MQTT user: `[[mqtt.user]]` plus the `[[user]]` tables of `mqtt.password_file`
+    /// Every MQTT user: `[[mqtt.user]]` plus the `[[mqtt.user]]` tables of `mqtt.password_file`
     /// (read now, so a reload sees changes).
     pub fn users(&self) -> Result<Vec<UserConfig>, ConfigError> {
         let mut users = self.mqtt.users.clone();
@@ -897,6 +898,13 @@ fn world_writable(path: &Path) -> Option<String> {
 #[serde(deny_unknown_fields)]
 struct PasswordFile {
     #[serde(default)]
+    mqtt: PasswordFileMqtt,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PasswordFileMqtt {
+    #[serde(default)]
     user: Vec<UserConfig>,
 }
 
@@ -923,8 +931,15 @@ fn load_password_file(path: &Path) -> Result<Vec<UserConfig>, ConfigError> {
         }
     })?;
     let mut f = Findings::default();
-    for (i, u) in parsed.user.iter().enumerate() {
-        check_user(&mut f, &format!("user[{i}]"), u);
+    let mut names = std::collections::HashSet::new();
+    for (i, u) in parsed.mqtt.user.iter().enumerate() {
+        check_user(&mut f, &format!("mqtt.user[{i}]"), u);
+        if !names.insert(u.name.as_str()) {
+            f.errors.push((
+                KeyPath::parse(&format!("mqtt.user[{i}].name")),
+                format!("user `{}` is defined twice", u.name),
+            ));
+        }
     }
     if !f.errors.is_empty() {
         let doc = ImDocument::parse(text.as_str()).ok();
@@ -946,7 +961,7 @@ fn load_password_file(path: &Path) -> Result<Vec<UserConfig>, ConfigError> {
             problems,
         });
     }
-    Ok(parsed.user)
+    Ok(parsed.mqtt.user)
 }
 
 #[cfg(test)]

@@ -512,7 +512,16 @@ mod tests {
 
     #[test]
     fn durations_print_back() {
-        for s in ["0s", "2ms", "30s", "1h30m", "7d", "1d2h3m4s5ms", "250us", "1s5ns"] {
+        for s in [
+            "0s",
+            "2ms",
+            "30s",
+            "1h30m",
+            "7d",
+            "1d2h3m4s5ms",
+            "250us",
+            "1s5ns",
+        ] {
             let d: HumanDuration = s.parse().unwrap();
             assert_eq!(d.to_string(), s);
         }
