@@ -847,6 +847,7 @@ fn friendlier(msg: &str) -> String {
         ("expected i64", "expected a whole number"),
         ("expected f64", "expected a number"),
         ("expected a sequence", "expected a list like [\"a\", \"b\"]"),
+        ("expected a boolean", "expected true or false"),
     ] {
         m = m.replace(rust, human);
     }
