@@ -410,6 +410,16 @@ fn tls_rules() {
         "{:?}",
         cfg.warnings()
     );
+    assert_eq!(cfg.warnings()[0].location.as_ref().map(|l| l.line), Some(5));
+
+    // Relative certificate paths are found next to the config file.
+    std::fs::write(dir.join("c.pem"), "x").unwrap();
+    std::fs::write(dir.join("k.pem"), "x").unwrap();
+    std::fs::write(&path, format!("{base}cert = \"c.pem\"\nkey = \"k.pem\"\n")).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+    let cert = cfg.mqtt.tls.as_ref().unwrap().cert.clone();
+    assert_eq!(cert, Some(dir.join("c.pem")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -659,9 +659,18 @@ impl Config {
         let name = path.display().to_string();
         let mut cfg = Config::from_str_with_name(&text, &name)?;
         cfg.base_dir = path.parent().map(Path::to_path_buf);
-        if let (Some(base), Some(pf)) = (&cfg.base_dir, &cfg.mqtt.password_file) {
-            if pf.is_relative() {
-                cfg.mqtt.password_file = Some(base.join(pf));
+        // Files named in the config are found next to it, wherever ferry is started from.
+        if let Some(base) = cfg.base_dir.clone() {
+            let resolve = |p: &mut Option<PathBuf>| {
+                if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                    *p = Some(base.join(rel));
+                }
+            };
+            resolve(&mut cfg.mqtt.password_file);
+            if let Some(tls) = cfg.mqtt.tls.as_mut() {
+                resolve(&mut tls.cert);
+                resolve(&mut tls.key);
+                resolve(&mut tls.client_ca);
             }
         }
         if let Some(w) = world_writable(path) {
@@ -672,7 +681,14 @@ impl Config {
                 message: w,
             });
         }
-        cfg.warnings.extend(cfg.file_warnings(&name));
+        let doc = ImDocument::parse(text.as_str()).ok();
+        for mut w in cfg.file_warnings(&name) {
+            w.location = doc
+                .as_ref()
+                .and_then(|d| diagnostics::span_of(d, &w.path))
+                .map(|r| Location::from_offset(&text, r.start));
+            cfg.warnings.push(w);
+        }
         tracing::debug!(path = %path.display(), warnings = cfg.warnings.len(), "config loaded");
         Ok(cfg)
     }
@@ -796,7 +812,26 @@ impl Config {
     pub fn users(&self) -> Result<Vec<UserConfig>, ConfigError> {
         let mut users = self.mqtt.users.clone();
         if let Some(pf) = &self.mqtt.password_file {
-            users.extend(load_password_file(pf)?);
+            let from_file = load_password_file(pf)?;
+            if let Some(dup) = from_file
+                .iter()
+                .find(|u| users.iter().any(|m| m.name == u.name))
+            {
+                let name = pf.display().to_string();
+                return Err(ConfigError::Invalid {
+                    file: name.clone(),
+                    problems: vec![Diagnostic {
+                        file: name,
+                        path: KeyPath::parse("mqtt.user"),
+                        location: None,
+                        message: format!(
+                            "user `{}` is also defined in the main config's [[mqtt.user]]; keep one of them",
+                            dup.name
+                        ),
+                    }],
+                });
+            }
+            users.extend(from_file);
         }
         Ok(users)
     }
