@@ -462,3 +462,99 @@ fn limits_and_cross_section_rules() {
         "{err}"
     );
 }
+
+/// The real store opened with what the config says: class ids follow the config order, the
+/// limits are the configured ones, and the disk headroom rule is wired through.
+#[test]
+fn the_store_opens_with_the_config() {
+    use ferry::store::{Record, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[storage]
+data_dir = "{}"
+segment_size = "64KiB"
+compression_level = 0
+
+[storage.commit]
+max_delay = "0s"
+max_batch = "320KiB"
+
+[[class]]
+name = "alarms"
+priority = 9
+max_bytes = "128KiB"
+overflow = "reject"
+
+[[class]]
+name = "metrics"
+priority = 1
+max_bytes = "1MiB"
+max_age = "1h"
+
+[classify]
+default_class = "metrics"
+
+[mqtt]
+listen = "127.0.0.1:1883"
+max_packet_size = "256KiB"
+"#,
+        dir.path().display()
+    );
+    let cfg = Config::from_str_with_name(&text, "store.toml").unwrap();
+    let (store, _report) = Store::open(cfg.store_options()).unwrap();
+    assert_eq!(store.class_names(), ["alarms", "metrics"]);
+    let (id, class) = cfg.class("metrics").unwrap();
+    assert_eq!(store.class_id("metrics"), Some(id));
+    assert_eq!(class.max_age, Some(HumanDuration::hours(1)));
+
+    let rec = |i: u64| Record {
+        timestamp_ms: 1_700_000_000_000 + i,
+        topic: format!("line/{i}/temp"),
+        qos: 1,
+        retain: false,
+        client_id: "plc-1".into(),
+        user_properties: vec![],
+        content_type: None,
+        payload: bytes::Bytes::from(vec![b'x'; 1000]),
+    };
+    let seqs: Vec<u64> = (0..10)
+        .map(|i| store.append(id, rec(i)).unwrap())
+        .map(|t| t.wait().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    let mut r = store.reader(id, 1).unwrap();
+    let got = r.read_batch(100, 1 << 20).unwrap();
+    assert_eq!(got.len(), 10);
+    assert_eq!(got[3].record.topic, "line/3/temp");
+
+    // `reject` with a 128KiB cap: the class refuses once full, as configured.
+    let (alarms, _) = cfg.class("alarms").unwrap();
+    let mut refused = None;
+    for i in 0..400 {
+        match store.append(alarms, rec(i)).and_then(|t| t.wait()) {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("a 128KiB reject class must refuse 400KB");
+    assert!(e.is_backpressure(), "{e}");
+    store.close().unwrap();
+    drop(store);
+
+    // min_free larger than any disk: every append is refused by the headroom rule.
+    let text = text.replace(
+        "compression_level = 0",
+        "compression_level = 0\nmin_free = \"100000TiB\"",
+    );
+    let cfg = Config::from_str_with_name(&text, "store.toml").unwrap();
+    assert_eq!(cfg.store_options().min_free_bytes, 100_000u64 << 40);
+    let (store, _) = Store::open(cfg.store_options()).unwrap();
+    let e = store.append(id, rec(0)).and_then(|t| t.wait()).unwrap_err();
+    assert!(e.to_string().contains("headroom"), "{e}");
+    store.close().unwrap();
+}
