@@ -558,3 +558,55 @@ max_packet_size = "256KiB"
     assert!(e.to_string().contains("headroom"), "{e}");
     store.close().unwrap();
 }
+
+#[test]
+fn reload_applies_live_settings_and_refuses_restart_ones() {
+    let old = Config::default_config();
+
+    // Rules, mappings, shares, throttles, windows, users, log level: live.
+    let mut live = old.clone();
+    live.classify.rules.remove(0);
+    live.classes[1].kafka_topic = "site.{gateway}.{1}".into();
+    live.classes[1].priority = 70;
+    live.classes[2].rate = Some(ByteRate::PerSecond(ByteSize::kib(64)));
+    live.forward.windows = vec!["Mon-Fri 22:00-06:00".into()];
+    live.mqtt.allow_anonymous = false;
+    live.log.level = "debug".into();
+    assert_eq!(old.restart_needed_for(&live), vec![]);
+
+    // Listen address, data directory, class removal, store limits: restart.
+    let mut restart = old.clone();
+    restart.mqtt.listen = "127.0.0.1:1884".into();
+    restart.storage.data_dir = "/srv/ferry".into();
+    let needs: Vec<String> = old
+        .restart_needed_for(&restart)
+        .iter()
+        .map(|r| r.key.clone())
+        .collect();
+    assert_eq!(needs, ["storage", "mqtt.listen"]);
+    let msg = old.restart_needed_for(&restart)[1].to_string();
+    assert!(msg.contains("0.0.0.0:1883 -> 127.0.0.1:1884"), "{msg}");
+    assert!(msg.contains("needs a restart"), "{msg}");
+
+    let mut removed = old.clone();
+    removed.classes.pop();
+    let r = old.restart_needed_for(&removed);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].key, "class (names and order)");
+    assert_eq!(r[0].new, "critical, telemetry");
+
+    let mut limits = old.clone();
+    limits.classes[0].max_bytes = ByteSize::gib(2);
+    assert_eq!(old.restart_needed_for(&limits)[0].key, "class[0].max_bytes");
+
+    let mut secret = old.clone();
+    let mut props = std::collections::BTreeMap::new();
+    props.insert("sasl.password".to_string(), "hunter2".to_string());
+    secret.kafka.properties = ferry::config::KafkaProperties::new(props);
+    let r = old.restart_needed_for(&secret);
+    assert!(
+        r.iter().all(|r| !r.to_string().contains("hunter2")),
+        "{r:?}"
+    );
+    assert!(r.iter().any(|r| r.key == "kafka.properties"));
+}

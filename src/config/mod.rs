@@ -41,8 +41,11 @@
 //! ```
 
 pub mod diagnostics;
+mod reload;
 pub mod units;
 mod validate;
+
+pub use reload::RestartNeeded;
 
 use validate::check_user;
 pub use validate::{check_template, Findings};
