@@ -30,6 +30,7 @@
 //!   use ([`Config::store_options`], [`Config::users`]).
 //! - `units.rs`: [`ByteSize`], [`HumanDuration`], [`ByteRate`].
 //! - `validate.rs`: the cross-field rules ([`Config::validate`]).
+//! - `reload.rs`: which changes a running daemon can take ([`Config::restart_needed_for`]).
 //! - `diagnostics.rs`: key paths, spans, and how a problem is printed:
 //!
 //! ```text
