@@ -614,3 +614,31 @@ fn child_logging_bad_level() {
         .to_string();
     assert!(e.contains("`inof` is not a level"), "{e}");
 }
+
+#[test]
+fn journald_format_without_journal_fails_with_advice() {
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        // A real journal is listening here; the error path cannot be reached.
+        return;
+    }
+    run_child("child_logging_journald_missing", &[]);
+}
+
+#[test]
+fn child_logging_journald_missing() {
+    if !is_child("child_logging_journald_missing") {
+        return;
+    }
+    let e = logging::init("info", LogFormat::Journald)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("journald socket") && e.contains("use log format `text`"),
+        "{e}"
+    );
+    // `auto` without JOURNAL_STREAM (not started by systemd) picks text.
+    assert_eq!(
+        logging::init("info", LogFormat::Auto).unwrap(),
+        LogOutput::Text
+    );
+}

@@ -142,6 +142,12 @@ impl Notifier {
     }
 }
 
+/// The process's notifier (from `NOTIFY_SOCKET`, read once), for tasks that need their own
+/// handle, e.g. [`Watchdog::new`].
+pub fn notifier() -> Notifier {
+    global().clone()
+}
+
 fn global() -> &'static Notifier {
     static GLOBAL: OnceLock<Notifier> = OnceLock::new();
     GLOBAL.get_or_init(|| {
@@ -256,6 +262,14 @@ impl Watchdog {
             tick: (timeout / 2).max(Duration::from_millis(1)),
             probes: Vec::new(),
         }
+    }
+
+    /// The watchdog systemd asked for (`WATCHDOG_USEC` for this pid), on the process's
+    /// notifier; `None` when the unit has no `WatchdogSec=` or ferry was not started by
+    /// systemd. Add probes, then spawn [`Watchdog::run`].
+    pub fn from_env() -> Option<Watchdog> {
+        let timeout = watchdog_interval()?;
+        Some(Watchdog::new(notifier(), timeout))
     }
 
     /// Watches `hb`: its loop must bump it at least every [`Watchdog::beat_every`].
