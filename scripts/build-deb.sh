@@ -37,6 +37,11 @@ command -v systemd-analyze >/dev/null \
 [ -f config/ferry.toml ] \
     || die "config/ferry.toml is missing: the package ships it as /etc/ferry/ferry.toml (it comes from the config work; merge it first)"
 
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
+changelog_version="$(sed -n '1s/^ferry (\([^)-]*\)-[^)]*).*/\1/p' packaging/debian/changelog)"
+[ "$changelog_version" = "$version" ] \
+    || die "packaging/debian/changelog starts with version '$changelog_version' but Cargo.toml says '$version': add a changelog entry (dch -v $version-1, or by hand)"
+
 case "$arch" in
 amd64)
     triple=x86_64-unknown-linux-gnu
@@ -72,7 +77,6 @@ sed "s#/usr/bin/ferry#$bin#g" systemd/ferry.service > "$tmp/ferry.service"
 (cd "$tmp" && systemd-analyze verify ./ferry.service) >&2 \
     || die "systemd-analyze verify failed for systemd/ferry.service"
 
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 deb="$(ls -t "$target_dir/debian/ferry_${version}"*"_${arch}.deb" | head -n1)"
 [ -f "$deb" ] || die "cargo-deb did not produce a .deb for $arch in $target_dir/debian"
 
