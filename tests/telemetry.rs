@@ -167,9 +167,9 @@ async fn metrics_scrape_over_tcp_matches_updates() {
     metrics.set_link_up(true);
     metrics.set_window_open(false);
     metrics.set_throttle_tokens("global", 1536.5);
-    metrics.connections.with(&[]).inc();
-    metrics.connections.with(&[]).inc();
-    metrics.connections.with(&[]).dec();
+    let _open = metrics.connection_opened();
+    drop(metrics.connection_opened());
+    metrics.connection_rejected("limit");
     tele.backlog_records.set(400.0);
 
     let (status, body) = tokio::task::spawn_blocking(move || {
@@ -251,6 +251,11 @@ async fn metrics_scrape_over_tcp_matches_updates() {
     assert_eq!(v("ferry_forward_window_open"), 0.0);
     assert_eq!(v(r#"ferry_throttle_tokens{bucket="global"}"#), 1536.5);
     assert_eq!(v("ferry_mqtt_connections"), 1.0);
+    assert_eq!(v("ferry_mqtt_connections_accepted_total"), 2.0);
+    assert_eq!(
+        v(r#"ferry_mqtt_connections_rejected_total{reason="limit"}"#),
+        1.0
+    );
     assert_eq!(v(r#"ferry_backlog_records{class="telemetry"}"#), 400.0);
     assert_eq!(
         v(&format!(

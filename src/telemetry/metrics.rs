@@ -114,6 +114,10 @@ impl Histogram {
         }
     }
     pub fn observe(&self, v: f64) {
+        // One NaN would turn `_sum` into NaN for the life of the process.
+        if v.is_nan() {
+            return;
+        }
         let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         let _ = self
@@ -519,6 +523,16 @@ impl Metrics {
         self.delivery_errors.with(&[kind]).inc();
     }
 
+    /// Counts an accepted MQTT connection; the returned guard keeps it in
+    /// `ferry_mqtt_connections` until dropped, so every exit path of a session task (error,
+    /// panic, disconnect) closes the count.
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections_accepted.with(&[]).inc();
+        let open = self.connections.with(&[]);
+        open.inc();
+        ConnectionGuard(open)
+    }
+
     pub fn connection_rejected(&self, reason: &str) {
         self.connections_rejected.with(&[reason]).inc();
     }
@@ -597,6 +611,16 @@ impl Metrics {
         self.build_info.render(&mut out);
         self.start_time_seconds.render(&mut out);
         out
+    }
+}
+
+/// An open connection in `ferry_mqtt_connections` (see [`Metrics::connection_opened`]).
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<Gauge>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -703,6 +727,28 @@ mod tests {
             &m.delivery_errors.with(&["timeout"]),
             &m.delivery_errors.with(&["timeout"])
         ));
+    }
+
+    #[test]
+    fn connection_guard_counts_open_connections() {
+        let m = Metrics::new();
+        let a = m.connection_opened();
+        let b = m.connection_opened();
+        assert_eq!(m.connections.with(&[]).get(), 2.0);
+        drop(a);
+        assert_eq!(m.connections.with(&[]).get(), 1.0);
+        drop(b);
+        assert_eq!(m.connections.with(&[]).get(), 0.0);
+        assert_eq!(m.connections_accepted.with(&[]).get(), 2);
+    }
+
+    #[test]
+    fn histogram_ignores_nan() {
+        let h = Histogram::new(Arc::from(&[1.0][..]));
+        h.observe(f64::NAN);
+        h.observe(0.5);
+        assert_eq!(h.count(), 1);
+        assert_eq!(h.sum(), 0.5);
     }
 
     #[test]
