@@ -647,3 +647,121 @@ fn child_logging_journald_missing() {
         LogOutput::Text
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// metrics against the real store
+
+/// A known run against the real store: 500 records committed, 200 forwarded (read and
+/// acked), then a purge. The scrape must show the store's own figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real store (its bodies are placeholders until it lands on main)"]
+async fn metrics_match_a_real_store_run() {
+    use bytes::Bytes;
+    use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
+
+    let dir = std::env::temp_dir().join(format!("ferry-metrics-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let class = |name: &str| ClassOptions {
+        name: name.into(),
+        max_bytes: 64 << 20,
+        max_age: None,
+        overflow: Overflow::Reject,
+    };
+    let (store, _report) = Store::open(StoreOptions::new(
+        &dir,
+        vec![class("telemetry"), class("alarms")],
+    ))
+    .unwrap();
+    let tele = store.class_id("telemetry").unwrap();
+
+    let metrics = Metrics::new();
+    metrics.watch_store(store.clone());
+    let handles = metrics.class("telemetry");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+
+    let mut logical = Vec::new();
+    let mut tickets = Vec::new();
+    for i in 0..500u64 {
+        let rec = Record {
+            // Received 60 s ago, so the oldest-age gauge has something to show.
+            timestamp_ms: now_ms - 60_000 + i,
+            topic: format!("site/dev{}/temp", i % 7),
+            qos: 1,
+            client_id: format!("dev{}", i % 7),
+            payload: Bytes::from(vec![b'x'; 100]),
+            ..Default::default()
+        };
+        logical.push(rec.logical_size() as u64);
+        tickets.push(store.append(tele, rec).unwrap());
+    }
+    for t in tickets {
+        t.await.unwrap();
+        handles.ingested(100); // what ingest does once the ticket completes
+    }
+
+    // "Forward" the first 200: read them and ack the 200th, as the forwarder does after
+    // Kafka's delivery reports.
+    let mut reader = store.reader(tele, store.acked(tele).seq + 1).unwrap();
+    let mut sent = Vec::new();
+    while sent.len() < 200 {
+        let batch =
+            tokio::task::block_in_place(|| reader.read_batch(200 - sent.len(), 1 << 20)).unwrap();
+        assert!(!batch.is_empty(), "store returned fewer than 500 records");
+        sent.extend(batch);
+    }
+    store.ack(tele, sent[199].position()).unwrap();
+    handles.forwarded(200, 200 * 100);
+
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(metrics.clone(), std::future::pending()));
+    let scrape = move || {
+        let (status, body) = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        parse_exposition(&body)
+    };
+    let m = tokio::task::spawn_blocking(scrape).await.unwrap();
+    let t = |name: &str| m[&format!(r#"{name}{{class="telemetry"}}"#)];
+    assert_eq!(t("ferry_ingest_messages_total"), 500.0);
+    assert_eq!(t("ferry_ingest_bytes_total"), 50_000.0);
+    assert_eq!(t("ferry_forwarded_records_total"), 200.0);
+    assert_eq!(t("ferry_backlog_records"), 300.0);
+    assert_eq!(
+        t("ferry_backlog_bytes"),
+        logical[200..].iter().sum::<u64>() as f64
+    );
+    let age = t("ferry_backlog_oldest_age_seconds");
+    assert!(
+        (55.0..3600.0).contains(&age),
+        "oldest waiting record is ~60 s old: {age}"
+    );
+    assert!(t("ferry_store_disk_bytes") > 0.0);
+    assert_eq!(m[r#"ferry_backlog_records{class="alarms"}"#], 0.0);
+    assert_eq!(
+        m[r#"ferry_backlog_oldest_age_seconds{class="alarms"}"#],
+        0.0
+    );
+    assert_eq!(
+        m[r#"ferry_dropped_records_total{class="telemetry",reason="purge"}"#],
+        0.0
+    );
+
+    // An operator purge drops the 300 waiting records: counted by the store, seen here.
+    let (purged, _) = store.purge(tele, None).unwrap();
+    assert_eq!(purged, 300);
+    let m = tokio::task::spawn_blocking(scrape).await.unwrap();
+    assert_eq!(
+        m[r#"ferry_dropped_records_total{class="telemetry",reason="purge"}"#],
+        300.0
+    );
+    assert_eq!(m[r#"ferry_backlog_records{class="telemetry"}"#], 0.0);
+
+    store.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

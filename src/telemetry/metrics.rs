@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::store::{ClassStats, DropReason};
+use crate::store::{ClassStats, DropReason, Store};
 
 /// Content type of the Prometheus text exposition format this module renders.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -570,6 +570,14 @@ impl Metrics {
                     .set_to(s.dropped.get(r));
             }
         }
+    }
+
+    /// Makes every scrape copy `store.stats()` in first (see [`Metrics::update_from_store`]).
+    pub fn watch_store(&self, store: Store) {
+        self.add_scrape_hook(move |m| {
+            let now_ms = unix_now().as_millis() as u64;
+            m.update_from_store(&store.stats(), now_ms);
+        });
     }
 
     /// Registers a function that runs before every [`Metrics::render`], e.g. one that calls
