@@ -60,6 +60,14 @@ arm64)
     export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
     export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
     export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+    # librdkafka's own ./configure (rdkafka-sys, non-cmake build) reads the plain CC/CXX/AR/...
+    # variables, not cc-rs's per-target ones; the per-host ones keep build scripts that
+    # compile C for the build machine on the native gcc.
+    export CC=aarch64-linux-gnu-gcc CXX=aarch64-linux-gnu-g++ AR=aarch64-linux-gnu-ar
+    export NM=aarch64-linux-gnu-nm RANLIB=aarch64-linux-gnu-ranlib STRIP=aarch64-linux-gnu-strip
+    export LD=aarch64-linux-gnu-ld OBJDUMP=aarch64-linux-gnu-objdump
+    export HOST_CC=gcc HOST_CXX=g++ CC_x86_64_unknown_linux_gnu=gcc CXX_x86_64_unknown_linux_gnu=g++
+    export AR_x86_64_unknown_linux_gnu=ar
     export PKG_CONFIG_ALLOW_CROSS=1
     export PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig
     export PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig
