@@ -50,10 +50,11 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> std::process::Output {
     out
 }
 
-fn temp_path(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("ferry-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&p);
-    p
+/// A fresh path in a directory that is removed when the guard drops.
+fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    (dir, path)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -372,14 +373,13 @@ fn recv_all(sock: &UnixDatagram, for_at_most: Duration) -> Vec<String> {
 
 #[test]
 fn notify_from_env_in_a_child_process() {
-    let path = temp_path("notify.sock");
+    let (_dir, path) = temp_path("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     run_child(
         "child_notify_from_env",
         &[("NOTIFY_SOCKET", path.to_str().unwrap())],
     );
     let got = recv_all(&sock, Duration::from_millis(300));
-    let _ = std::fs::remove_file(&path);
     assert_eq!(
         got,
         [
@@ -446,7 +446,7 @@ fn spawn_loop(hb: Heartbeat, wedged: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
 
 #[tokio::test]
 async fn watchdog_stops_pinging_when_a_loop_wedges() {
-    let path = temp_path("watchdog.sock");
+    let (_dir, path) = temp_path("watchdog.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     let notifier = Notifier::new(path.to_str().unwrap()).unwrap();
 
@@ -507,7 +507,6 @@ async fn watchdog_stops_pinging_when_a_loop_wedges() {
         .await
         .unwrap()
         .unwrap();
-    let _ = std::fs::remove_file(&path);
 
     let all: Vec<&String> = wedged.iter().chain(recovered.iter()).collect();
     assert!(
@@ -654,14 +653,12 @@ fn child_logging_journald_missing() {
 /// A known run against the real store: 500 records committed, 200 forwarded (read and
 /// acked), then a purge. The scrape must show the store's own figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the real store (its bodies are placeholders until it lands on main)"]
 async fn metrics_match_a_real_store_run() {
     use bytes::Bytes;
     use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
 
-    let dir = std::env::temp_dir().join(format!("ferry-metrics-store-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     let class = |name: &str| ClassOptions {
         name: name.into(),
         max_bytes: 64 << 20,
@@ -763,5 +760,4 @@ async fn metrics_match_a_real_store_run() {
     assert_eq!(m[r#"ferry_backlog_records{class="telemetry"}"#], 0.0);
 
     store.close().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
