@@ -8,8 +8,9 @@
 # Prints the path of the .deb on the last line. Needs: cargo-deb
 # (`cargo install cargo-deb --locked`, ~1.5 min), systemd (for systemd-analyze), and for
 # arm64: `rustup target add aarch64-unknown-linux-gnu`, apt packages gcc-aarch64-linux-gnu
-# libc6-dev-arm64-cross, and libssl-dev:arm64 (`dpkg --add-architecture arm64`), because
-# rdkafka's TLS links the target's OpenSSL.
+# g++-aarch64-linux-gnu (librdkafka's build links its C++ wrapper too) libc6-dev-arm64-cross,
+# and libssl-dev:arm64 (`dpkg --add-architecture arm64`), because rdkafka's TLS links the
+# target's OpenSSL.
 set -euo pipefail
 
 arch=amd64
@@ -50,8 +51,8 @@ amd64)
     ;;
 arm64)
     triple=aarch64-unknown-linux-gnu
-    command -v aarch64-linux-gnu-gcc >/dev/null \
-        || die "aarch64-linux-gnu-gcc missing: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    command -v aarch64-linux-gnu-g++ >/dev/null \
+        || die "aarch64 cross compilers missing: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross"
     rustup target list --installed 2>/dev/null | grep -qx "$triple" \
         || die "Rust target $triple missing: rustup target add $triple"
     [ -f /usr/lib/aarch64-linux-gnu/pkgconfig/openssl.pc ] \
