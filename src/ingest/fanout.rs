@@ -66,7 +66,8 @@ impl Default for FanoutOptions {
     }
 }
 
-type Connector = dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+/// Builds a local link; the error is rendered to text (rumqttd's `LinkError` is ~800 bytes).
+type Connector = dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
 
 struct Inner {
     opts: FanoutOptions,
@@ -99,10 +100,13 @@ impl Fanout {
             ..RouterConfig::default()
         };
         let router_tx = Router::new(0, config).spawn();
-        let connect: Box<Connector> =
-            Box::new(move |id: &str| LinkBuilder::new(id, router_tx.clone()).build());
-        let (publisher, publisher_rx, _connack) =
-            connect("ferry-ingest").map_err(|e| IngestError::Fanout(e.to_string()))?;
+        let connect: Box<Connector> = Box::new(move |id: &str| {
+            LinkBuilder::new(id, router_tx.clone())
+                .build()
+                .map(|(tx, rx, _connack)| (tx, rx))
+                .map_err(|e| e.to_string())
+        });
+        let (publisher, publisher_rx) = connect("ferry-ingest").map_err(IngestError::Fanout)?;
         // The publisher never receives data, but the router still schedules it; keep its
         // receiving side alive and answering `Unschedule` so the router never stalls on it.
         tokio::spawn(drain_link(publisher_rx, None, None));
@@ -148,7 +152,7 @@ impl Fanout {
         let name = format!("ferry-sub-{slot}");
         let built = tokio::task::spawn_blocking(move || (inner.connect)(&name)).await;
         let (link_tx, link_rx) = match built {
-            Ok(Ok((tx, rx, _))) => (tx, rx),
+            Ok(Ok(link)) => link,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, slot, "creating a local subscription link failed");
                 self.inner.free_slots.lock().push(slot);

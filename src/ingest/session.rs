@@ -82,6 +82,9 @@ struct Outcome {
 
 type PendingFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
+/// A PUBLISH's (QoS, packet id), read from the raw frame.
+type PublishMeta = (u8, u16);
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -548,7 +551,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     /// The next complete packet in the read buffer, with a PUBLISH's (qos, pkid).
-    fn next_packet(&mut self) -> Result<Option<(Packet, (u8, u16))>, End> {
+    fn next_packet(&mut self) -> Result<Option<(Packet, PublishMeta)>, End> {
         let max = self.shared.opts.max_packet_size;
         match codec::peek_frame(&self.rbuf, max) {
             Ok(Frame::Incomplete) => Ok(None),
@@ -585,7 +588,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    async fn handle(&mut self, p: Packet, (qos, pkid): (u8, u16)) -> Result<(), End> {
+    async fn handle(&mut self, p: Packet, (qos, pkid): PublishMeta) -> Result<(), End> {
         match p {
             Packet::Publish(publish, props) => self.on_publish(publish, props, qos, pkid),
             Packet::PubRel(rel, _) => {
