@@ -6,7 +6,7 @@
 //! are read here from the raw frame, which `v4::check` has already bounded.
 
 use bytes::BytesMut;
-use rumqttd::protocol::{v4, v5, Error as CodecError, Packet, Protocol};
+use rumqttd::protocol::{v4, v5, DisconnectReasonCode, Error as CodecError, Packet, Protocol};
 
 /// Which MQTT version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,16 @@ impl Codec {
     /// writer panics on them), so they are stripped here once for all callers.
     pub(crate) fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, CodecError> {
         match self.version {
-            Version::V5 => self.v5.write(packet, out),
+            Version::V5 => match packet {
+                // rumqttd 0.20's v5 DISCONNECT writer miscounts the remaining length (without
+                // properties it writes 2 bytes after announcing 1; with empty properties it
+                // drops the reason code), so ferry encodes this one packet itself.
+                Packet::Disconnect(d, _) => {
+                    out.extend_from_slice(&[0xE0, 2, disconnect_code(d.reason_code), 0]);
+                    Ok(4)
+                }
+                p => self.v5.write(p, out),
+            },
             Version::V4 => {
                 let packet = match packet {
                     Packet::PubAck(p, _) => Packet::PubAck(p, None),
@@ -129,9 +138,63 @@ impl Codec {
     }
 }
 
+/// MQTT 5 reason codes for the DISCONNECTs ferry sends (spec 3.14.2.1).
+fn disconnect_code(r: DisconnectReasonCode) -> u8 {
+    use DisconnectReasonCode::*;
+    match r {
+        NormalDisconnection => 0x00,
+        DisconnectWithWillMessage => 0x04,
+        UnspecifiedError => 0x80,
+        MalformedPacket => 0x81,
+        ProtocolError => 0x82,
+        ImplementationSpecificError => 0x83,
+        NotAuthorized => 0x87,
+        ServerBusy => 0x89,
+        ServerShuttingDown => 0x8B,
+        KeepAliveTimeout => 0x8D,
+        SessionTakenOver => 0x8E,
+        TopicFilterInvalid => 0x8F,
+        TopicNameInvalid => 0x90,
+        ReceiveMaximumExceeded => 0x93,
+        TopicAliasInvalid => 0x94,
+        PacketTooLarge => 0x95,
+        MessageRateTooHigh => 0x96,
+        QuotaExceeded => 0x97,
+        AdministrativeAction => 0x98,
+        PayloadFormatInvalid => 0x99,
+        RetainNotSupported => 0x9A,
+        QoSNotSupported => 0x9B,
+        UseAnotherServer => 0x9C,
+        ServerMoved => 0x9D,
+        SharedSubscriptionNotSupported => 0x9E,
+        ConnectionRateExceeded => 0x9F,
+        MaximumConnectTime => 0xA0,
+        SubscriptionIdentifiersNotSupported => 0xA1,
+        WildcardSubscriptionsNotSupported => 0xA2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v5_disconnect_is_well_formed() {
+        use rumqttd::protocol::Disconnect;
+        let mut out = BytesMut::new();
+        Codec::new(Version::V5)
+            .write(
+                Packet::Disconnect(
+                    Disconnect {
+                        reason_code: DisconnectReasonCode::SessionTakenOver,
+                    },
+                    None,
+                ),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(&out[..], &[0xE0, 2, 0x8E, 0]);
+    }
 
     #[test]
     fn publish_meta_reads_qos_and_pkid() {

@@ -175,11 +175,16 @@ async fn read_connect<S: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<(Codec, Packet), ConnectError> {
     loop {
+        // Judge the first byte as soon as it arrives: a peer speaking another protocol
+        // (HTTP, TLS to a plain port) is closed at once, not after the CONNECT timeout.
+        if rbuf.first().is_some_and(|b| *b != 0x10) {
+            return Err(ConnectError::Close(CloseReason::Malformed));
+        }
         match codec::peek_frame(rbuf, max) {
             Ok(Frame::Ready {
                 byte1, header_len, ..
             }) => {
-                if byte1 >> 4 != 1 {
+                if byte1 != 0x10 {
                     return Err(ConnectError::Close(CloseReason::Malformed));
                 }
                 let version = match codec::connect_level(rbuf, header_len) {

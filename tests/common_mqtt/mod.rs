@@ -343,6 +343,18 @@ pub mod raw {
         packet(0x10, &b)
     }
 
+    /// MQTT 5 CONNECT, clean start, keep-alive 60 s, no properties.
+    pub fn connect_v5(client_id: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        string(b"MQTT", &mut b);
+        b.push(5);
+        b.push(0x02);
+        b.extend_from_slice(&60u16.to_be_bytes());
+        b.push(0); // properties
+        string(client_id.as_bytes(), &mut b);
+        packet(0x10, &b)
+    }
+
     pub fn publish(topic: &[u8], qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
         string(topic, &mut b);
