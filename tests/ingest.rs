@@ -460,6 +460,45 @@ async fn garbage_invalid_topics_and_silent_clients_are_closed_with_reasons() {
 }
 
 #[tokio::test]
+async fn keep_alive_is_enforced_at_one_and_a_half_times() {
+    let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);
+    let srv = Running::start(test_opts(), store.clone(), Classifier::single(0)).await;
+    // keep-alive 1 s: a client that pings stays, a silent one is closed after ~1.5 s.
+    let mut pinger = TcpStream::connect(srv.addr).await.unwrap();
+    pinger
+        .write_all(&raw::connect_ka("pinger", 1))
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+    silent
+        .write_all(&raw::connect_ka("silent", 1))
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let pings = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            pinger.write_all(&raw::pingreq()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut buf = [0u8; 64];
+        while got.len() < 4 + 12 {
+            let n = pinger.read(&mut buf).await.unwrap();
+            assert!(n > 0, "pinging client was closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    assert_eq!(read_until_closed(&mut silent).await, vec![0x20, 2, 0, 0]);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    let got = pings.await.unwrap();
+    assert_eq!(&got[4..], &[0xD0, 0].repeat(6)[..], "six PINGRESPs");
+    assert_eq!(srv.metric("closed_keep_alive_timeout"), 1);
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn qos2_retransmission_is_stored_once() {
     let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);
     let srv = Running::start(test_opts(), store.clone(), Classifier::single(0)).await;

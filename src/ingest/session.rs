@@ -269,7 +269,7 @@ async fn serve<S>(
             return;
         }
     };
-    let Packet::Connect(connect, _props, will, will_props, login) = packet else {
+    let Packet::Connect(connect, connect_props, will, will_props, login) = packet else {
         shared.metrics.count_close(CloseReason::Malformed);
         return;
     };
@@ -400,6 +400,9 @@ async fn serve<S>(
         aliases: HashMap::new(),
         keep_alive: (ka > 0).then(|| Duration::from_millis(ka as u64 * 1500)),
         last_rx: Instant::now(),
+        client_max_packet: connect_props
+            .and_then(|p| p.max_packet_size)
+            .map_or(usize::MAX, |m| m as usize),
         sub: None,
         takeover,
     };
@@ -447,6 +450,8 @@ struct Conn<S> {
     /// 1.5 x the keep-alive: MQTT's limit for silence from the client.
     keep_alive: Option<Duration>,
     last_rx: Instant,
+    /// MQTT 5 clients may limit what they receive; larger fan-out messages are dropped.
+    client_max_packet: usize,
     sub: Option<Subscriber>,
     takeover: Arc<Notify>,
 }
@@ -520,6 +525,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if can_read && self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(8192);
             }
+            // While the window is full ferry is not reading, so the client's silence is ours:
+            // the keep-alive clock restarts when reading resumes.
+            if !can_read {
+                self.last_rx = Instant::now();
+            }
             let deadline = self.keep_alive.map(|k| self.last_rx + k);
             let takeover = self.takeover.clone();
             tokio::select! {
@@ -546,7 +556,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     Err(e) => return End::Io(e),
                 },
                 Some(p) = next_fanout(&mut self.sub) => {
-                    if let Err(end) = self.write(Packet::Publish(p, None)) {
+                    // Fixed header (<= 5) + topic length (2) + topic + empty properties (1).
+                    if p.topic.len() + p.payload.len() + 8 > self.client_max_packet {
+                        self.shared.metrics.fanout_dropped.fetch_add(1, Ordering::Relaxed);
+                    } else if let Err(end) = self.write(Packet::Publish(p, None)) {
                         return end;
                     }
                 }

@@ -334,11 +334,16 @@ pub mod raw {
 
     /// MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s.
     pub fn connect(client_id: &str) -> Vec<u8> {
+        connect_ka(client_id, 60)
+    }
+
+    /// MQTT 3.1.1 CONNECT, clean session, keep-alive `ka` seconds.
+    pub fn connect_ka(client_id: &str, ka: u16) -> Vec<u8> {
         let mut b = Vec::new();
         string(b"MQTT", &mut b);
         b.push(4);
         b.push(0x02);
-        b.extend_from_slice(&60u16.to_be_bytes());
+        b.extend_from_slice(&ka.to_be_bytes());
         string(client_id.as_bytes(), &mut b);
         packet(0x10, &b)
     }
@@ -363,6 +368,10 @@ pub mod raw {
         }
         b.extend_from_slice(payload);
         packet(0x30 | (qos << 1), &b)
+    }
+
+    pub fn pingreq() -> Vec<u8> {
+        vec![0xC0, 0]
     }
 
     pub fn pubrel(pkid: u16) -> Vec<u8> {
