@@ -973,3 +973,100 @@ async fn fanout_options_are_bounded_by_slots() {
     );
     srv.stop().await;
 }
+
+// ---------------------------------------------------------------- throughput (manual)
+
+/// Durable QoS 1 ingest throughput and PUBACK latency, 100-byte payloads, 100 in flight per
+/// connection, 1/4/16 publishers. Not a pass/fail test: run it in release on an idle machine:
+/// `cargo test --release --test ingest -- --ignored --nocapture bench_durable_qos1`
+/// (`FERRY_BENCH_SECS` sets the seconds per row, default 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_durable_qos1() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let secs: u64 = std::env::var("FERRY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    println!("| publishers | acked msg/s | PUBACK p50 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    for &n in &[1usize, 4, 16] {
+        let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);
+        let mut opts = test_opts();
+        opts.fanout = None;
+        let srv = Running::start(opts, store.clone(), Classifier::single(0)).await;
+        let measuring = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for p in 0..n {
+            let addr = srv.addr;
+            let measuring = measuring.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut o = MqttOptions::new(format!("bench{p}"), "127.0.0.1", addr.port());
+                o.set_keep_alive(Duration::from_secs(60));
+                o.set_inflight(100);
+                let (client, mut el) = AsyncClient::new(o, 200);
+                let feeder = tokio::spawn(async move {
+                    let payload = vec![b'x'; 100];
+                    while client
+                        .publish("bench/t", QoS::AtLeastOnce, false, payload.clone())
+                        .await
+                        .is_ok()
+                    {}
+                });
+                let mut sent: HashMap<u16, std::time::Instant> = HashMap::new();
+                let mut lat = Vec::new();
+                let mut acked = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match el.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                            sent.insert(pkid, std::time::Instant::now());
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(a))) => {
+                            if let Some(t) = sent.remove(&a.pkid) {
+                                if measuring.load(Ordering::Relaxed) {
+                                    acked += 1;
+                                    lat.push(t.elapsed());
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("publisher {p}: {e}"),
+                    }
+                }
+                feeder.abort();
+                (acked, lat)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
+        measuring.store(true, Ordering::Relaxed);
+        let t0 = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        measuring.store(false, Ordering::Relaxed);
+        let elapsed = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        let mut lat = Vec::new();
+        for t in tasks {
+            let (a, l) = t.await.unwrap();
+            total += a;
+            lat.extend(l);
+        }
+        lat.sort();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .map(|d| d.as_secs_f64() * 1e3)
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "| {n} | {:.0} | {:.2} | {:.2} |",
+            total as f64 / elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.99)
+        );
+        srv.stop().await;
+    }
+}
