@@ -192,6 +192,9 @@ impl Authenticator {
             };
         };
         let Some((Some(phc), acl)) = self.users.get(username) else {
+            // Spend the same time as for a real user, so response times do not tell which
+            // user names exist.
+            let _ = Argon2::default().verify_password(b"x", dummy_phc());
             return Login::BadCredentials;
         };
         let password = password.unwrap_or_default();
@@ -200,6 +203,12 @@ impl Authenticator {
             Err(_) => Login::BadCredentials,
         }
     }
+}
+
+/// A hash to verify against for unknown users (computed once).
+fn dummy_phc() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("ferry-dummy").unwrap_or_default())
 }
 
 fn check_phc(phc: &str) -> Result<(), String> {

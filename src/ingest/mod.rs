@@ -333,6 +333,8 @@ pub(crate) struct Shared {
     /// Connections over the limit are answered CONNACK "unavailable" by a few tasks at most;
     /// past that they are simply closed, so a connection flood cannot grow without bound.
     pub(crate) refusal_slots: Arc<Semaphore>,
+    /// Concurrent argon2 verifications (one per core).
+    pub(crate) login_slots: Semaphore,
     pub(crate) last_backpressure_warn: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
@@ -407,6 +409,9 @@ impl Server {
             fanout,
             tls,
             refusal_slots: Arc::new(Semaphore::new(32)),
+            login_slots: Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             last_backpressure_warn: parking_lot::Mutex::new(None),
         });
         Ok(Server { listener, shared })

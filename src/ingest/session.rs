@@ -282,12 +282,16 @@ async fn serve<S>(
         None => (None, None),
     };
     let user_for_log = user.clone();
-    let login = tokio::task::spawn_blocking(move || {
-        auth.login_blocking(user.as_deref(), pass.as_deref().map(str::as_bytes))
-    })
-    .await
-    .unwrap_or(Login::NotAuthorized);
-    let refuse = |code_v4, code_v5| if v5 { code_v5 } else { code_v4 };
+    // At most one argon2 verification per core at a time: a flood of logins queues here
+    // instead of occupying the blocking pool (and the CPU the ack path needs).
+    let login = match shared.login_slots.acquire().await {
+        Ok(_permit) => tokio::task::spawn_blocking(move || {
+            auth.login_blocking(user.as_deref(), pass.as_deref().map(str::as_bytes))
+        })
+        .await
+        .unwrap_or(Login::NotAuthorized),
+        Err(_) => Login::NotAuthorized,
+    };
     let acl = match login {
         Login::Accepted(acl) => acl,
         Login::BadCredentials => {
@@ -345,10 +349,7 @@ async fn serve<S>(
                     will_topic = t,
                     "will topic not allowed for this user, refusing connection"
                 );
-                let code = refuse(
-                    ConnectReturnCode::NotAuthorized,
-                    ConnectReturnCode::NotAuthorized,
-                );
+                let code = ConnectReturnCode::NotAuthorized;
                 send_final(&codec, &mut stream, connack(code, None), opts.write_timeout).await;
                 return;
             }
