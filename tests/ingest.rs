@@ -632,9 +632,69 @@ async fn backpressure_on_a_full_reject_class() {
     assert_eq!(srv.metric("closed_backpressure"), 1);
     assert_eq!(srv.metric("refused_class_full"), 2);
 
+    // QoS 2 on MQTT 5: PUBREC 0x97.
+    c5.client
+        .publish("alarms/z", v5::QoS::ExactlyOnce, false, "refused too")
+        .await
+        .unwrap();
+    let reason = c5
+        .until(|e| match e {
+            Ok(v5::Event::Incoming(v5::Packet::PubRec(r))) => Some(r.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        reason,
+        rumqttc::v5::mqttbytes::v5::PubRecReason::QuotaExceeded
+    );
+    assert_eq!(srv.metric("refused_class_full"), 3);
+
     // Existing data untouched.
     let after = read_all(&store, 0);
     assert_eq!(after, before);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn disk_headroom_refuses_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::sync::Arc::new(ferry::store::FixedFreeSpace::new(100 << 20));
+    let mut so =
+        ferry::store::StoreOptions::new(dir.path(), vec![class("t", BIG, Overflow::DropOldest)]);
+    so.free_space = free.clone();
+    so.min_free_bytes = 50 << 20;
+    let store = ferry::store::Store::open(so).unwrap().0;
+    let srv = Running::start(test_opts(), store.clone(), Classifier::single(0)).await;
+    let mut c = v5::Client::connect(srv.addr, "headroom");
+    c.connack().await.unwrap();
+    let client = c.client.clone();
+    let publish = |payload: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .publish("a/b", v5::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap()
+        }
+    };
+    publish("before").await;
+    let ack = |e: &Result<v5::Event, String>| match e {
+        Ok(v5::Event::Incoming(v5::Packet::PubAck(a))) => Some(a.reason),
+        _ => None,
+    };
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    assert_eq!(c.until(ack).await, PubAckReason::Success);
+    free.set(10 << 20);
+    // The store may notice at the append or at the commit; either way the client hears 0x97.
+    publish("no room").await;
+    assert_eq!(c.until(ack).await, PubAckReason::QuotaExceeded);
+    free.set(100 << 20);
+    publish("after").await;
+    assert_eq!(c.until(ack).await, PubAckReason::Success);
+    let recs = stored(&store, 0, 2).await;
+    let payloads: Vec<_> = recs.iter().map(|r| r.record.payload.to_vec()).collect();
+    assert_eq!(payloads, vec![b"before".to_vec(), b"after".to_vec()]);
+    assert_eq!(srv.metric("refused_headroom"), 1);
     srv.stop().await;
 }
 

@@ -173,15 +173,18 @@ pub enum Refusal {
     StoreError,
     /// `ack = "fast"`: refused by the writer after the ack went out (the message is lost).
     AfterAck,
+    /// Larger than the store's commit batch limit (keep `max_packet_size` below it).
+    TooLarge,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::ClassFull,
         Refusal::Headroom,
         Refusal::NotAuthorized,
         Refusal::StoreError,
         Refusal::AfterAck,
+        Refusal::TooLarge,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -189,7 +192,8 @@ impl Refusal {
             Refusal::Headroom => "headroom",
             Refusal::NotAuthorized => "not_authorized",
             Refusal::StoreError => "store_error",
-            Refusal::AfterAck => "refused_after_ack",
+            Refusal::AfterAck => "after_ack",
+            Refusal::TooLarge => "too_large",
         }
     }
 }

@@ -809,6 +809,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
                 (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded)
             }
+            // Retrying cannot help this message: say so (v5) instead of closing, or close
+            // (v3.1.1) with a reason an operator can act on.
+            Err(Refused::Store(e @ StoreError::TooLarge { .. })) => {
+                m.count_refusal(Refusal::TooLarge);
+                tracing::warn!(client_id = %self.client_id, error = %e, "publish too large for the store; lower mqtt max_packet_size below the commit batch size");
+                if o.qos == 2 {
+                    self.qos2.remove(&o.pkid);
+                }
+                if !v5 && o.qos > 0 {
+                    return Err(End::Close(CloseReason::PacketTooLarge));
+                }
+                (
+                    PubAckReason::ImplementationSpecificError,
+                    PubRecReason::ImplementationSpecificError,
+                )
+            }
             Err(Refused::Store(e)) => {
                 m.count_refusal(Refusal::StoreError);
                 tracing::error!(client_id = %self.client_id, error = %e, "storing a publish failed; closing the connection without an ack so the client resends");
