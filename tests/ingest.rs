@@ -766,6 +766,62 @@ async fn local_subscriber_gets_the_live_feed() {
     srv.stop().await;
 }
 
+/// A subscriber that never reads its socket must not slow the durable path: its fan-out
+/// queue overflows (counted) while every publish is still stored and acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_does_not_stall_publishers() {
+    let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);
+    let srv = Running::start(test_opts(), store.clone(), Classifier::single(0)).await;
+    let mut stuck = TcpStream::connect(srv.addr).await.unwrap();
+    stuck.write_all(&raw::connect("stuck")).await.unwrap();
+    stuck.write_all(&raw::subscribe(1, "#")).await.unwrap();
+    let mut first = [0u8; 9]; // CONNACK + SUBACK, then never read again
+    tokio::time::timeout(WAIT, stuck.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 0]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    const N: usize = 10_000;
+    let mut o = v4::options(srv.addr, "producer");
+    o.set_inflight(100);
+    let mut p = v4::Client::new(o);
+    p.connack().await.unwrap();
+    let client = p.client.clone();
+    let feeder = tokio::spawn(async move {
+        for i in 0..N {
+            client
+                .publish(
+                    "big/x",
+                    v4::QoS::AtLeastOnce,
+                    false,
+                    vec![(i % 251) as u8; 1024],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let mut acks = 0;
+    while acks < N {
+        p.until(|e| matches!(e, Ok(v4::Event::Incoming(v4::Packet::PubAck(_)))).then_some(()))
+            .await;
+        acks += 1;
+    }
+    feeder.await.unwrap();
+    let recs = stored(&store, 0, N as u64).await;
+    assert_eq!(recs.len(), N);
+    eprintln!(
+        "fan-out messages dropped for the stuck subscriber: {}",
+        srv.metric("fanout_dropped")
+    );
+    // Shutdown is not held up by the stuck socket (write_timeout is 30 s; grace here 5 s).
+    let t0 = std::time::Instant::now();
+    srv.stop().await;
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn fast_ack_mode_stores_everything_too() {
     let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);

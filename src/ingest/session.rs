@@ -486,17 +486,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             })
     }
 
+    /// Writes the pending output, within `write_timeout`.
     async fn flush(&mut self) -> Result<(), End> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let t = self.shared.opts.write_timeout;
-        match tokio::time::timeout(t, self.stream.write_all(&self.wbuf)).await {
-            Ok(Ok(())) => {
-                self.wbuf.clear();
-                Ok(())
+        self.flush_within(self.shared.opts.write_timeout).await
+    }
+
+    /// `write_buf` consumes what was written, so a flush cancelled half-way (shutdown,
+    /// takeover) leaves exactly the unwritten rest in `wbuf` and the stream stays well-formed.
+    async fn flush_within(&mut self, t: Duration) -> Result<(), End> {
+        let write = async {
+            while !self.wbuf.is_empty() {
+                match self.stream.write_buf(&mut self.wbuf).await {
+                    Ok(0) => {
+                        return Err(End::Io(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(End::Io(e)),
+                }
             }
-            Ok(Err(e)) => Err(End::Io(e)),
+            Ok(())
+        };
+        match tokio::time::timeout(t, write).await {
+            Ok(r) => r,
             Err(_) => Err(End::Close(CloseReason::WriteTimeout)),
         }
     }
@@ -519,7 +530,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     Err(end) => return end,
                 }
             }
-            if let Err(end) = self.flush().await {
+            // A client that stops reading blocks only this write; shutdown and takeover
+            // still get through.
+            let takeover = self.takeover.clone();
+            let flushed = tokio::select! {
+                r = self.flush() => r,
+                _ = stop.changed() => Err(End::Shutdown),
+                _ = takeover.notified() => Err(End::TakenOver),
+            };
+            if let Err(end) = flushed {
                 return end;
             }
             let can_read = self.pending.len() < max_inflight;
@@ -918,7 +937,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let store_will = !matches!(end, End::Clean | End::Shutdown);
         match &end {
             End::Shutdown => {
-                // Let the commits already in flight complete and tell the client, bounded.
+                // Let the commits already in flight complete and tell the client, all within
+                // shutdown_grace (a client that does not read cannot hold up the shutdown).
                 let deadline = Instant::now() + self.shared.opts.shutdown_grace;
                 while let Ok(Some(o)) = tokio::time::timeout_at(deadline, self.pending.next()).await
                 {
@@ -927,7 +947,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     }
                 }
                 let _ = self.write(disconnect(DisconnectReasonCode::ServerShuttingDown));
-                let _ = self.flush().await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = self
+                    .flush_within(left.max(Duration::from_millis(100)))
+                    .await;
                 tracing::debug!(client_id = %self.client_id, "closed for shutdown");
             }
             End::TakenOver => {

@@ -370,6 +370,13 @@ pub mod raw {
         packet(0x30 | (qos << 1), &b)
     }
 
+    pub fn subscribe(pkid: u16, filter: &str) -> Vec<u8> {
+        let mut b = pkid.to_be_bytes().to_vec();
+        string(filter.as_bytes(), &mut b);
+        b.push(0);
+        packet(0x82, &b)
+    }
+
     pub fn pingreq() -> Vec<u8> {
         vec![0xC0, 0]
     }
