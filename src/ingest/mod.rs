@@ -47,6 +47,12 @@
 //! DISCONNECT (network drop, keep-alive timeout, protocol error, takeover) — but not when ferry
 //! itself shuts down, because an operator restart is not a device failure.
 //!
+//! # Not supported (by design or by the codec)
+//! MQTT 5 enhanced authentication (AUTH packets), will delay (wills are stored at once),
+//! message expiry, and subscription identifiers. Passwords must be UTF-8 (rumqttd's codec
+//! parses them as strings). Retained messages are stored with their flag for the forwarder,
+//! but ferry does not replay them to new subscribers.
+//!
 //! # Shutdown
 //! [`Server::run`] follows mini-redis: the `shutdown` future firing stops the accept loop and
 //! broadcasts "stop" to every connection; each connection stops reading, waits (bounded by
@@ -92,24 +98,33 @@ pub enum AckMode {
 /// Everything the listener needs; the config module converts `[mqtt]` into this.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
+    /// Default `0.0.0.0:1883` (use port 0 in tests and read [`Server::local_addr`]).
     pub listen: SocketAddr,
+    /// Default [`AckMode::Durable`].
     pub ack: AckMode,
     /// Largest accepted packet, in bytes including the fixed header (advertised to MQTT 5).
+    /// Default 1 MiB. Keep it below the store's `commit_max_bytes`: a bigger record is
+    /// refused by the store (counted as `refused_too_large`).
     pub max_packet_size: usize,
-    /// Connections beyond this are refused with CONNACK "server unavailable".
+    /// Connections beyond this are refused with CONNACK "server unavailable". Default 10,000.
     pub max_connections: usize,
     /// Unacknowledged QoS 1/2 publishes (and pending QoS 0 appends) per connection; MQTT 5's
-    /// receive maximum. Past it the connection stops reading until acks go out.
+    /// receive maximum. Past it the connection stops reading until acks go out. Default 100.
     pub max_inflight: u16,
-    /// A client must complete CONNECT (and the TLS handshake) within this.
+    /// A client must complete the TLS handshake, and then CONNECT, within this (each).
+    /// Default 10 s.
     pub connect_timeout: Duration,
-    /// Keep-alive requested by clients is capped to this (0 from a client also means this).
+    /// Keep-alive requested by clients is capped to this, and a client asking for 0 (none)
+    /// gets this; MQTT 5 clients are told via CONNACK's server keep-alive. 0 = no cap and
+    /// keep-alive 0 allowed. Default 1 h. Silence longer than 1.5x the keep-alive closes the
+    /// connection.
     pub max_keep_alive: Duration,
     /// A connection whose socket does not accept our writes for this long is closed.
+    /// Default 30 s.
     pub write_timeout: Duration,
-    /// MQTT 5 topic aliases accepted per connection (0 = none).
+    /// MQTT 5 topic aliases accepted per connection (0 = none). Default 64.
     pub topic_alias_max: u16,
-    /// On shutdown, how long connections wait for their in-flight commits.
+    /// On shutdown, how long connections wait for their in-flight commits. Default 10 s.
     pub shutdown_grace: Duration,
     pub auth: AuthOptions,
     pub tls: Option<TlsOptions>,
