@@ -14,7 +14,7 @@
 //!   PUBACK/PUBREC ◀─write─ in publish order ◀─ FuturesOrdered of tickets ◀────────────┘
 //!                                   └─▶ fan-out to local subscribers (after commit, lossy)
 //! ```
-//! Each connection is one tokio task ([`session`]). Appends are pipelined: the task keeps
+//! Each connection is one tokio task (`session.rs`). Appends are pipelined: the task keeps
 //! reading while earlier tickets wait for their group commit, up to `max_inflight` (advertised
 //! to MQTT 5 clients as *receive maximum*); past that it stops reading, which is the TCP
 //! backpressure a slow disk exerts on a fast publisher. Acks leave in the order the publishes
