@@ -1087,6 +1087,21 @@ async fn fanout_options_are_bounded_by_slots() {
             v5::QoS::AtMostOnce
         )]
     );
+    // The reused slot delivers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut p = v4::Client::connect(srv.addr, "pub");
+    p.connack().await.unwrap();
+    p.client
+        .publish("x/1", v4::QoS::AtLeastOnce, false, "live")
+        .await
+        .unwrap();
+    let got = b
+        .until(|e| match e {
+            Ok(v5::Event::Incoming(v5::Packet::Publish(m))) => Some(m.payload.to_vec()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, b"live".to_vec());
     srv.stop().await;
 }
 
