@@ -92,37 +92,55 @@ fn spawn_child(dir: &Path, port_file: &Path) -> (std::process::Child, u16) {
     }
 }
 
-/// Publishes QoS 1 until the connection dies; returns the payloads that were PUBACKed.
-async fn publisher(port: u16, name: String, cycle: usize) -> Vec<String> {
+/// Publishes QoS 1 until the connection dies: first `resend` (what the previous run sent
+/// without getting an ack, as a real device would after reconnecting), then new messages.
+/// Returns (payloads PUBACKed, payloads sent but not PUBACKed).
+async fn publisher(
+    port: u16,
+    name: String,
+    cycle: usize,
+    resend: Vec<String>,
+) -> (Vec<String>, Vec<String>) {
     let mut o = MqttOptions::new(name.clone(), "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_inflight(100);
     let (client, mut el) = AsyncClient::new(o, 200);
+    let payload_at = {
+        let resend = resend.clone();
+        let name = name.clone();
+        move |n: usize| match resend.get(n) {
+            Some(p) => p.clone(),
+            None => format!("{name}-c{cycle}-{:08}", n - resend.len()),
+        }
+    };
     let feeder = {
         let name = name.clone();
+        let payload_at = payload_at.clone();
         tokio::spawn(async move {
-            let mut i = 0u64;
-            loop {
-                let payload = format!("{name}-c{cycle}-{i:08}");
+            for n in 0.. {
                 if client
-                    .publish(format!("crash/{name}"), QoS::AtLeastOnce, false, payload)
+                    .publish(
+                        format!("crash/{name}"),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload_at(n),
+                    )
                     .await
                     .is_err()
                 {
                     return;
                 }
-                i += 1;
             }
         })
     };
     // Requests are written in order, so the n-th Outgoing::Publish is the n-th payload.
-    let mut next = 0u64;
+    let mut next = 0usize;
     let mut by_pkid: HashMap<u16, String> = HashMap::new();
     let mut acked = Vec::new();
     loop {
         match el.poll().await {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                by_pkid.insert(pkid, format!("{name}-c{cycle}-{next:08}"));
+                by_pkid.insert(pkid, payload_at(next));
                 next += 1;
             }
             Ok(Event::Incoming(Packet::PubAck(a))) => {
@@ -135,7 +153,7 @@ async fn publisher(port: u16, name: String, cycle: usize) -> Vec<String> {
         }
     }
     feeder.abort();
-    acked
+    (acked, by_pkid.into_values().collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,24 +162,32 @@ async fn sigkill_never_loses_an_acknowledged_message() {
     let dir = tmp.path().join("data");
     let port_file = tmp.path().join("port");
     let mut all_acked: HashSet<String> = HashSet::new();
+    let mut unacked: Vec<Vec<String>> = vec![Vec::new(); PUBLISHERS];
     let mut total_dups = 0usize;
     for cycle in 0..CYCLES {
         let (mut child, port) = spawn_child(&dir, &port_file);
         let pubs: Vec<_> = (0..PUBLISHERS)
-            .map(|p| tokio::spawn(publisher(port, format!("pub{p}"), cycle)))
+            .map(|p| {
+                let resend = std::mem::take(&mut unacked[p]);
+                tokio::spawn(publisher(port, format!("pub{p}"), cycle, resend))
+            })
             .collect();
         // ~0.5 s of publishing, varied so the kill lands at different points of a commit.
         tokio::time::sleep(Duration::from_millis(350 + (cycle as u64 * 37) % 300)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let mut acked_this_cycle = 0;
-        for p in pubs {
-            let acked = tokio::time::timeout(Duration::from_secs(30), p)
+        for (i, p) in pubs.into_iter().enumerate() {
+            let (acked, not_acked) = tokio::time::timeout(Duration::from_secs(30), p)
                 .await
                 .expect("publisher did not notice the kill")
                 .unwrap();
             acked_this_cycle += acked.len();
             all_acked.extend(acked);
+            unacked[i] = not_acked
+                .into_iter()
+                .filter(|p| !all_acked.contains(p))
+                .collect();
         }
         assert!(
             acked_this_cycle > 0,
