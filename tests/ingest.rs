@@ -147,8 +147,16 @@ async fn v5_properties_aliases_and_classes() {
     c.until(|e| matches!(e, Ok(v5::Event::Incoming(v5::Packet::PubAck(_)))).then_some(()))
         .await;
 
-    let tele = stored(&store, 1, 2).await;
-    assert_eq!(tele.len(), 2);
+    // QoS 2 end to end on MQTT 5: PUBREC after commit, then PUBREL/PUBCOMP.
+    c.client
+        .publish("site/b/hum", v5::QoS::ExactlyOnce, false, "q2")
+        .await
+        .unwrap();
+    c.until(|e| matches!(e, Ok(v5::Event::Incoming(v5::Packet::PubComp(_)))).then_some(()))
+        .await;
+
+    let tele = stored(&store, 1, 3).await;
+    assert_eq!(tele.len(), 3);
     assert_eq!(
         tele[0].record.user_properties,
         vec![
@@ -162,6 +170,10 @@ async fn v5_properties_aliases_and_classes() {
     );
     assert_eq!(tele[1].record.topic, "site/b/temp");
     assert_eq!(&tele[1].record.payload[..], b"aliased");
+    assert_eq!(
+        (tele[2].record.qos, &tele[2].record.payload[..]),
+        (2, &b"q2"[..])
+    );
     let alarms = stored(&store, 0, 1).await;
     assert_eq!(alarms.len(), 1);
     assert_eq!(alarms[0].record.topic, "alarms/fire");
@@ -985,8 +997,12 @@ async fn tls_with_and_without_client_certificates() {
     // Server-only TLS.
     let mut opts = test_opts();
     opts.tls = Some(tls(false));
-    opts.connect_timeout = Duration::from_millis(500);
+    opts.connect_timeout = Duration::from_millis(1500);
     let srv = Running::start(opts, store.clone(), Classifier::single(0)).await;
+    // A peer that connects and never handshakes must not hold up the TLS client behind it
+    // (rumqttd handshakes inside its accept loop with no timeout).
+    let mut idle = TcpStream::connect(srv.addr).await.unwrap();
+    let t0 = std::time::Instant::now();
     let mut c = tls_client(srv.addr, "tls-1", &pki, false);
     c.connack().await.unwrap();
     c.client
@@ -995,8 +1011,12 @@ async fn tls_with_and_without_client_certificates() {
         .unwrap();
     c.until(|e| matches!(e, Ok(v4::Event::Incoming(v4::Packet::PubAck(_)))).then_some(()))
         .await;
-    // A plain-TCP peer that never handshakes is closed without blocking the TLS client above.
-    let mut idle = TcpStream::connect(srv.addr).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "the TLS client waited for the idle peer: {:?}",
+        t0.elapsed()
+    );
+    // The idle peer is closed after connect_timeout.
     assert!(read_until_closed(&mut idle).await.is_empty());
     assert_eq!(srv.metric("closed_tls_handshake"), 1);
     srv.stop().await;
