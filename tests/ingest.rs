@@ -1122,6 +1122,17 @@ async fn fanout_options_are_bounded_by_slots() {
         })
         .await;
     assert_eq!(got, b"live".to_vec());
+    b.client.unsubscribe("x/#").await.unwrap();
+    let reasons = b
+        .until(|e| match e {
+            Ok(v5::Event::Incoming(v5::Packet::UnsubAck(u))) => Some(u.reasons.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        reasons,
+        vec![rumqttc::v5::mqttbytes::v5::UnsubAckReason::Success]
+    );
     srv.stop().await;
 }
 
