@@ -902,7 +902,8 @@ async fn shutdown_completes_in_flight_acks_and_reload_swaps_classifier() {
         .unwrap();
     c.until(|e| matches!(e, Ok(v5::Event::Incoming(v5::Packet::PubAck(_)))).then_some(()))
         .await;
-    srv.handle.set_classifier(Classifier::single(1));
+    assert!(srv.handle.set_classifier(Classifier::single(2)).is_err());
+    srv.handle.set_classifier(Classifier::single(1)).unwrap();
     for i in 0..30 {
         c.client
             .publish("x", v5::QoS::AtLeastOnce, false, format!("to b {i}"))

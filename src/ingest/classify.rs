@@ -32,6 +32,11 @@ impl Classifier {
         }
     }
 
+    /// Every class this classifier can return (the default and each rule's).
+    pub fn classes(&self) -> impl Iterator<Item = ClassId> + '_ {
+        std::iter::once(self.default).chain(self.rules.iter().map(|(_, c)| *c))
+    }
+
     pub fn classify(&self, topic: &str) -> ClassId {
         self.rules
             .iter()

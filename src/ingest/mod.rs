@@ -173,6 +173,16 @@ pub enum IngestError {
     Tls { what: String, path: PathBuf },
     #[error("starting the local fan-out router: {0}")]
     Fanout(String),
+    #[error("classification refers to class number {class}, but the store has only {count} classes; check the classification rules against storage.classes")]
+    UnknownClass { class: usize, count: usize },
+}
+
+fn check_classifier(c: &Classifier, store: &Store) -> Result<(), IngestError> {
+    let count = store.class_names().len();
+    match c.classes().find(|&class| class >= count) {
+        Some(class) => Err(IngestError::UnknownClass { class, count }),
+        None => Ok(()),
+    }
 }
 
 /// Why a publish was not stored (each is counted).
@@ -377,8 +387,11 @@ pub struct IngestHandle {
 
 impl IngestHandle {
     /// New connections and new publishes on existing connections use `c` from now on.
-    pub fn set_classifier(&self, c: Classifier) {
+    /// Refused (and the old one kept) if it names a class the store does not have.
+    pub fn set_classifier(&self, c: Classifier) -> Result<(), IngestError> {
+        check_classifier(&c, &self.shared.store)?;
         self.shared.classifier.store(Arc::new(c));
+        Ok(())
     }
     /// New logins use `a`; connected clients keep the ACL they logged in with.
     pub fn set_auth(&self, a: Authenticator) {
@@ -403,6 +416,7 @@ impl Server {
         store: Store,
         classifier: Classifier,
     ) -> Result<Server, IngestError> {
+        check_classifier(&classifier, &store)?;
         let auth = Authenticator::new(&opts.auth)?;
         let tls = opts.tls.as_ref().map(tls::acceptor).transpose()?;
         let metrics = Arc::new(IngestMetrics::default());
