@@ -1,0 +1,1066 @@
+//! One device connection: CONNECT, then a loop that reads packets, pipelines appends and
+//! writes acks in publish order.
+//!
+//! A connection is a single task that owns its socket. Its loop waits on, in order of
+//! priority: server shutdown, takeover by a newer connection with the same client id, the
+//! oldest pending commit, the socket (only while fewer than `max_inflight` commits are
+//! pending), live fan-out messages, and the keep-alive deadline. Writes happen in that same
+//! task with `write_timeout`, so a client that stops reading only stalls itself; other
+//! connections are other tasks.
+//!
+//! Crash cases this file handles, and how:
+//! - The process dies with commits pending: their acks were never sent, the client resends
+//!   after reconnecting (stored again: allowed duplicates, never a loss).
+//! - The client dies with commits pending: the records are stored, the acks go nowhere.
+//! - The store refuses (backpressure) or fails: the client is told (v5 reason code) or the
+//!   connection is closed without an ack (v3.1.1), after the acks for earlier publishes went
+//!   out, so the client resends exactly what was not stored.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, Publish, PublishProperties, QoS, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::auth::{Acl, Login};
+use super::codec::{self, Codec, Frame, FrameError, Version};
+use super::fanout::Subscriber;
+use super::{AckMode, CloseReason, Refusal, Shared};
+use crate::store::{Record, StoreError};
+use crate::topic::{validate_filter, validate_topic_name};
+
+/// How a connection ended; decides the will message and the last packet sent.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT from the client: no will.
+    Clean,
+    /// MQTT 5 DISCONNECT 0x04: the client asks for its will.
+    CleanWithWill,
+    /// The client closed the socket without DISCONNECT.
+    Eof,
+    /// A socket error.
+    Io(std::io::Error),
+    /// ferry closed the connection for this reason.
+    Close(CloseReason),
+    Shutdown,
+    TakenOver,
+}
+
+/// Why a publish was not stored.
+enum Refused {
+    NotAuthorized,
+    Store(StoreError),
+}
+
+/// The result of one publish, in publish order.
+struct Outcome {
+    qos: u8,
+    pkid: u16,
+    result: Result<(), Refused>,
+    /// The result comes from a commit (not a duplicate or a fast-mode early ack).
+    stored: bool,
+    /// Committed message to offer to local subscribers.
+    fanout: Option<(String, Bytes)>,
+}
+
+type PendingFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A PUBLISH's (QoS, packet id), read from the raw frame.
+type PublishMeta = (u8, u16);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Entry point for an accepted socket: TLS handshake (bounded, in this task), then MQTT.
+pub(crate) async fn accept(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    stop: watch::Receiver<bool>,
+) {
+    let span = tracing::debug_span!("mqtt", conn = id, %peer);
+    async move {
+        match shared.tls.clone() {
+            None => serve(shared, socket, peer, id, stop).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(shared.opts.connect_timeout, acceptor.accept(socket))
+                    .await
+                {
+                    Ok(Ok(tls)) => serve(shared, tls, peer, id, stop).await,
+                    Ok(Err(e)) => {
+                        shared.metrics.count_close(CloseReason::TlsHandshake);
+                        tracing::info!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        shared.metrics.count_close(CloseReason::TlsHandshake);
+                        tracing::info!("TLS handshake timed out");
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answers a connection over `max_connections` with CONNACK "server unavailable" when it
+/// sends a CONNECT quickly; otherwise just closes it.
+pub(crate) async fn refuse_busy(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr) {
+    if shared.tls.is_some() {
+        return; // a handshake per refused connection would be the costlier flood
+    }
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let max = shared.opts.max_packet_size;
+    let wait = shared.opts.connect_timeout.min(Duration::from_secs(2));
+    if let Ok(Ok((codec, _))) =
+        tokio::time::timeout(wait, read_connect(&mut socket, &mut rbuf, max)).await
+    {
+        let code = match codec.version {
+            Version::V4 => ConnectReturnCode::ServiceUnavailable,
+            Version::V5 => ConnectReturnCode::ServerUnavailable,
+        };
+        let mut out = BytesMut::new();
+        if codec.write(connack(code, None), &mut out).is_ok() {
+            let _ = tokio::time::timeout(wait, socket.write_all(&out)).await;
+        }
+    }
+    tracing::info!(%peer, "connection refused: max_connections reached");
+}
+
+fn connack(code: ConnectReturnCode, props: Option<ConnAckProperties>) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        props,
+    )
+}
+
+/// Errors before the session exists.
+enum ConnectError {
+    Close(CloseReason),
+    /// A CONNECT with a protocol level ferry does not speak (answered with CONNACK 0x01).
+    Level(u8),
+    Eof,
+    Io(std::io::Error),
+}
+
+/// Reads the first packet, which must be CONNECT, and picks the codec by its protocol level.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<(Codec, Packet), ConnectError> {
+    loop {
+        // Judge the first byte as soon as it arrives: a peer speaking another protocol
+        // (HTTP, TLS to a plain port) is closed at once, not after the CONNECT timeout.
+        if rbuf.first().is_some_and(|b| *b != 0x10) {
+            return Err(ConnectError::Close(CloseReason::Malformed));
+        }
+        match codec::peek_frame(rbuf, max) {
+            Ok(Frame::Ready {
+                byte1, header_len, ..
+            }) => {
+                if byte1 != 0x10 {
+                    return Err(ConnectError::Close(CloseReason::Malformed));
+                }
+                let version = match codec::connect_level(rbuf, header_len) {
+                    Some(4) => Version::V4,
+                    Some(5) => Version::V5,
+                    Some(level) => return Err(ConnectError::Level(level)),
+                    None => return Err(ConnectError::Close(CloseReason::Malformed)),
+                };
+                let mut codec = Codec::new(version);
+                return match codec.read(rbuf, max) {
+                    Ok(p) => Ok((codec, p)),
+                    Err(_) => Err(ConnectError::Close(CloseReason::Malformed)),
+                };
+            }
+            Ok(Frame::Incomplete) => {
+                rbuf.reserve(4096);
+                match stream.read_buf(rbuf).await {
+                    Ok(0) => return Err(ConnectError::Eof),
+                    Ok(_) => {}
+                    Err(e) => return Err(ConnectError::Io(e)),
+                }
+            }
+            Err(FrameError::TooLarge(_)) => {
+                return Err(ConnectError::Close(CloseReason::PacketTooLarge))
+            }
+            Err(FrameError::Malformed(_)) => {
+                return Err(ConnectError::Close(CloseReason::Malformed))
+            }
+        }
+    }
+}
+
+async fn serve<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    _peer: SocketAddr,
+    id: u64,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let opts = &shared.opts;
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let connect = tokio::time::timeout(
+        opts.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, opts.max_packet_size),
+    )
+    .await;
+    let (codec, packet) = match connect {
+        Ok(Ok(x)) => x,
+        Err(_) => {
+            shared.metrics.count_close(CloseReason::ConnectTimeout);
+            tracing::info!("no CONNECT within connect_timeout, closing");
+            return;
+        }
+        Ok(Err(ConnectError::Level(level))) => {
+            shared.metrics.count_close(CloseReason::UnsupportedProtocol);
+            tracing::info!(level, "unsupported MQTT protocol level, refusing");
+            let mut out = BytesMut::new();
+            if Codec::new(Version::V4)
+                .write(
+                    connack(ConnectReturnCode::RefusedProtocolVersion, None),
+                    &mut out,
+                )
+                .is_ok()
+            {
+                let _ = tokio::time::timeout(opts.write_timeout, stream.write_all(&out)).await;
+            }
+            return;
+        }
+        Ok(Err(ConnectError::Close(reason))) => {
+            shared.metrics.count_close(reason);
+            tracing::info!(
+                reason = reason.as_str(),
+                "invalid first packet, closing connection"
+            );
+            return;
+        }
+        Ok(Err(ConnectError::Eof)) => return,
+        Ok(Err(ConnectError::Io(e))) => {
+            tracing::debug!(error = %e, "socket error before CONNECT");
+            return;
+        }
+    };
+    let Packet::Connect(connect, connect_props, will, will_props, login) = packet else {
+        shared.metrics.count_close(CloseReason::Malformed);
+        return;
+    };
+    let v5 = codec.version == Version::V5;
+
+    // Login (argon2 is deliberately slow: off the runtime threads).
+    let auth = shared.auth.load_full();
+    let (user, pass) = match login {
+        Some(l) => (Some(l.username), Some(l.password)),
+        None => (None, None),
+    };
+    let user_for_log = user.clone();
+    // At most one argon2 verification per core at a time: a flood of logins queues here
+    // instead of occupying the blocking pool (and the CPU the ack path needs).
+    let login = match shared.login_slots.acquire().await {
+        Ok(_permit) => tokio::task::spawn_blocking(move || {
+            auth.login_blocking(user.as_deref(), pass.as_deref().map(str::as_bytes))
+        })
+        .await
+        .unwrap_or(Login::NotAuthorized),
+        Err(_) => Login::NotAuthorized,
+    };
+    let acl = match login {
+        Login::Accepted(acl) => acl,
+        Login::BadCredentials => {
+            shared.metrics.count_close(CloseReason::BadCredentials);
+            tracing::info!(user = ?user_for_log, client_id = %connect.client_id, "login refused: bad user name or password");
+            let code = ConnectReturnCode::BadUserNamePassword;
+            send_final(&codec, &mut stream, connack(code, None), opts.write_timeout).await;
+            return;
+        }
+        Login::NotAuthorized => {
+            shared.metrics.count_close(CloseReason::NotAuthorized);
+            tracing::info!(client_id = %connect.client_id, "login refused: anonymous access is not allowed");
+            let code = ConnectReturnCode::NotAuthorized;
+            send_final(&codec, &mut stream, connack(code, None), opts.write_timeout).await;
+            return;
+        }
+    };
+
+    // Client id: MQTT lets the server assign one to a client that sent none.
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_session {
+            shared.metrics.count_close(CloseReason::ProtocolError);
+            let code = ConnectReturnCode::ClientIdentifierNotValid;
+            send_final(&codec, &mut stream, connack(code, None), opts.write_timeout).await;
+            return;
+        }
+        let cid = format!("ferry-auto-{id}");
+        assigned = Some(cid.clone());
+        cid
+    } else {
+        connect.client_id.clone()
+    };
+
+    // The will is checked now, not when the connection dies: a will that could never be
+    // stored must be refused while the client can still be told.
+    if let Some(w) = &will {
+        match std::str::from_utf8(&w.topic)
+            .map_err(|_| ())
+            .and_then(|t| validate_topic_name(t).map(|_| t).map_err(|_| ()))
+        {
+            Err(()) => {
+                shared.metrics.count_close(CloseReason::InvalidTopic);
+                tracing::info!(client_id, "will topic is invalid, refusing connection");
+                if v5 {
+                    let code = ConnectReturnCode::TopicNameInvalid;
+                    send_final(&codec, &mut stream, connack(code, None), opts.write_timeout).await;
+                }
+                return;
+            }
+            Ok(t) if !acl.may_publish(t) => {
+                shared.metrics.count_close(CloseReason::NotAuthorized);
+                tracing::info!(
+                    client_id,
+                    will_topic = t,
+                    "will topic not allowed for this user, refusing connection"
+                );
+                let code = ConnectReturnCode::NotAuthorized;
+                send_final(&codec, &mut stream, connack(code, None), opts.write_timeout).await;
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+
+    // Keep-alive: the client's request, capped by max_keep_alive (0 = "none" only when the
+    // operator allows unlimited, i.e. max_keep_alive = 0).
+    let max_ka = opts.max_keep_alive.as_secs().min(u16::MAX as u64) as u16;
+    let ka = if max_ka == 0 || (connect.keep_alive != 0 && connect.keep_alive <= max_ka) {
+        connect.keep_alive
+    } else {
+        max_ka
+    };
+    let props = v5.then(|| ConnAckProperties {
+        receive_max: Some(opts.max_inflight),
+        max_packet_size: Some(opts.max_packet_size.min(u32::MAX as usize) as u32),
+        topic_alias_max: Some(opts.topic_alias_max),
+        retain_available: Some(1),
+        wildcard_subscription_available: Some(shared.fanout.is_some() as u8),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(0),
+        server_keep_alive: (ka != connect.keep_alive).then_some(ka),
+        assigned_client_identifier: assigned,
+        ..ConnAckProperties::default()
+    });
+
+    // Session takeover: register, and close whoever held this client id.
+    let takeover = Arc::new(Notify::new());
+    if let Some((_, old)) = shared
+        .sessions
+        .lock()
+        .insert(client_id.clone(), (id, takeover.clone()))
+    {
+        old.notify_one();
+    }
+
+    let mut conn = Conn {
+        shared: shared.clone(),
+        stream,
+        rbuf,
+        wbuf: BytesMut::with_capacity(4096),
+        codec,
+        client_id: client_id.clone(),
+        acl,
+        pending: FuturesOrdered::new(),
+        qos2: HashSet::new(),
+        aliases: HashMap::new(),
+        keep_alive: (ka > 0).then(|| Duration::from_millis(ka as u64 * 1500)),
+        last_rx: Instant::now(),
+        client_max_packet: connect_props
+            .and_then(|p| p.max_packet_size)
+            .map_or(usize::MAX, |m| m as usize),
+        sub: None,
+        takeover,
+    };
+    tracing::debug!(client_id, v5, keep_alive = ka, user = ?conn.acl.user, "client connected");
+    let end = match conn.write(connack(ConnectReturnCode::Success, props)) {
+        Ok(()) => match conn.flush().await {
+            Ok(()) => conn.run(stop).await,
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    conn.finish(end, will, will_props).await;
+    let mut sessions = shared.sessions.lock();
+    if sessions.get(&client_id).map(|(i, _)| *i) == Some(id) {
+        sessions.remove(&client_id);
+    }
+}
+
+/// Writes one packet and closes (CONNACK refusals).
+async fn send_final<S: AsyncWrite + Unpin>(codec: &Codec, stream: &mut S, p: Packet, t: Duration) {
+    let mut out = BytesMut::new();
+    if codec.write(p, &mut out).is_ok() {
+        let _ = tokio::time::timeout(t, async {
+            stream.write_all(&out).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+}
+
+struct Conn<S> {
+    shared: Arc<Shared>,
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: Codec,
+    client_id: String,
+    acl: Acl,
+    pending: FuturesOrdered<PendingFuture>,
+    /// QoS 2 packet ids received and not yet released (PUBREL): retransmissions of these are
+    /// acknowledged again but not stored again.
+    qos2: HashSet<u16>,
+    /// MQTT 5 topic aliases set by this client.
+    aliases: HashMap<u16, String>,
+    /// 1.5 x the keep-alive: MQTT's limit for silence from the client.
+    keep_alive: Option<Duration>,
+    last_rx: Instant,
+    /// MQTT 5 clients may limit what they receive; larger fan-out messages are dropped.
+    client_max_packet: usize,
+    sub: Option<Subscriber>,
+    takeover: Arc<Notify>,
+}
+
+async fn next_fanout(sub: &mut Option<Subscriber>) -> Option<Publish> {
+    match sub {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    fn v5(&self) -> bool {
+        self.codec.version == Version::V5
+    }
+
+    fn write(&mut self, p: Packet) -> Result<(), End> {
+        self.codec
+            .write(p, &mut self.wbuf)
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "encoding an MQTT packet failed");
+                End::Close(CloseReason::ProtocolError)
+            })
+    }
+
+    /// Writes the pending output, within `write_timeout`.
+    async fn flush(&mut self) -> Result<(), End> {
+        self.flush_within(self.shared.opts.write_timeout).await
+    }
+
+    /// `write_buf` consumes what was written, so a flush cancelled half-way (shutdown,
+    /// takeover) leaves exactly the unwritten rest in `wbuf` and the stream stays well-formed.
+    async fn flush_within(&mut self, t: Duration) -> Result<(), End> {
+        let write = async {
+            while !self.wbuf.is_empty() {
+                match self.stream.write_buf(&mut self.wbuf).await {
+                    Ok(0) => {
+                        return Err(End::Io(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(End::Io(e)),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(t, write).await {
+            Ok(r) => r,
+            Err(_) => Err(End::Close(CloseReason::WriteTimeout)),
+        }
+    }
+
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> End {
+        if *stop.borrow() {
+            return End::Shutdown;
+        }
+        let max_inflight = self.shared.opts.max_inflight.max(1) as usize;
+        loop {
+            // Handle what is already buffered, as far as the in-flight window allows.
+            while self.pending.len() < max_inflight {
+                match self.next_packet() {
+                    Ok(Some((p, meta))) => {
+                        if let Err(end) = self.handle(p, meta).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(end) => return end,
+                }
+            }
+            // A client that stops reading blocks only this write; shutdown and takeover
+            // still get through.
+            let takeover = self.takeover.clone();
+            let flushed = tokio::select! {
+                r = self.flush() => r,
+                _ = stop.changed() => Err(End::Shutdown),
+                _ = takeover.notified() => Err(End::TakenOver),
+            };
+            if let Err(end) = flushed {
+                return end;
+            }
+            let can_read = self.pending.len() < max_inflight;
+            if can_read && self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(8192);
+            }
+            // While the window is full ferry is not reading, so the client's silence is ours:
+            // the keep-alive clock restarts when reading resumes.
+            if !can_read {
+                self.last_rx = Instant::now();
+            }
+            let deadline = self.keep_alive.map(|k| self.last_rx + k);
+            let takeover = self.takeover.clone();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return End::Shutdown,
+                _ = takeover.notified() => return End::TakenOver,
+                Some(o) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(end) = self.on_outcome(o) {
+                        return end;
+                    }
+                    // Batch every ack that is ready into one write.
+                    while let Some(Some(o)) = self.pending.next().now_or_never() {
+                        if let Err(end) = self.on_outcome(o) {
+                            return end;
+                        }
+                    }
+                }
+                r = self.stream.read_buf(&mut self.rbuf), if can_read => match r {
+                    Ok(0) => return End::Eof,
+                    Ok(n) => {
+                        self.shared.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        self.last_rx = Instant::now();
+                    }
+                    Err(e) => return End::Io(e),
+                },
+                Some(p) = next_fanout(&mut self.sub) => {
+                    // Fixed header (<= 5) + topic length (2) + topic + empty properties (1).
+                    if p.topic.len() + p.payload.len() + 8 > self.client_max_packet {
+                        self.shared.metrics.fanout_dropped.fetch_add(1, Ordering::Relaxed);
+                    } else if let Err(end) = self.write(Packet::Publish(p, None)) {
+                        return end;
+                    }
+                }
+                _ = sleep_until_opt(deadline) => return End::Close(CloseReason::KeepAliveTimeout),
+            }
+        }
+    }
+
+    /// The next complete packet in the read buffer, with a PUBLISH's (qos, pkid).
+    fn next_packet(&mut self) -> Result<Option<(Packet, PublishMeta)>, End> {
+        let max = self.shared.opts.max_packet_size;
+        match codec::peek_frame(&self.rbuf, max) {
+            Ok(Frame::Incomplete) => Ok(None),
+            Ok(Frame::Ready {
+                byte1,
+                header_len,
+                len,
+            }) => {
+                let meta = if byte1 >> 4 == 3 {
+                    codec::publish_meta(&self.rbuf[..len], byte1, header_len)
+                } else {
+                    (0, 0)
+                };
+                match self.codec.read(&mut self.rbuf, max) {
+                    Ok(p) => Ok(Some((p, meta))),
+                    Err(e) => {
+                        tracing::info!(error = %e, "malformed packet");
+                        Err(End::Close(CloseReason::Malformed))
+                    }
+                }
+            }
+            Err(FrameError::TooLarge(n)) => {
+                tracing::info!(
+                    size = n,
+                    max,
+                    "packet larger than max_packet_size, closing connection"
+                );
+                Err(End::Close(CloseReason::PacketTooLarge))
+            }
+            Err(FrameError::Malformed(e)) => {
+                tracing::info!(error = %e, "malformed packet");
+                Err(End::Close(CloseReason::Malformed))
+            }
+        }
+    }
+
+    async fn handle(&mut self, p: Packet, (qos, pkid): PublishMeta) -> Result<(), End> {
+        match p {
+            Packet::Publish(publish, props) => self.on_publish(publish, props, qos, pkid),
+            Packet::PubRel(rel, _) => {
+                let known = self.qos2.remove(&rel.pkid);
+                let reason = if known || !self.v5() {
+                    PubCompReason::Success
+                } else {
+                    PubCompReason::PacketIdentifierNotFound
+                };
+                self.write(Packet::PubComp(
+                    PubComp {
+                        pkid: rel.pkid,
+                        reason,
+                    },
+                    None,
+                ))
+            }
+            Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
+            Packet::Subscribe(s, _) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u, _) => self.on_unsubscribe(u),
+            Packet::Disconnect(d, _) => {
+                if self.v5() && d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                    Err(End::CleanWithWill)
+                } else {
+                    Err(End::Clean)
+                }
+            }
+            // Acks for our outbound messages: fan-out is QoS 0, so there is nothing to track.
+            Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) => Ok(()),
+            other => {
+                tracing::info!(packet = ?packet_name(&other), "unexpected packet from a client");
+                Err(End::Close(CloseReason::ProtocolError))
+            }
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        qos: u8,
+        pkid: u16,
+    ) -> Result<(), End> {
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        m.publishes[(qos as usize).min(2)].fetch_add(1, Ordering::Relaxed);
+
+        // Topic: from the packet, or from a v5 topic alias.
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        let topic = match std::str::from_utf8(&publish.topic) {
+            Ok(t) => t.to_owned(),
+            Err(_) => {
+                tracing::info!("PUBLISH topic is not UTF-8");
+                return Err(End::Close(CloseReason::InvalidTopic));
+            }
+        };
+        let topic = match alias {
+            None => topic,
+            Some(a) if a == 0 || a > shared.opts.topic_alias_max => {
+                tracing::info!(alias = a, "topic alias out of range");
+                return Err(End::Close(CloseReason::TopicAliasInvalid));
+            }
+            Some(a) if topic.is_empty() => match self.aliases.get(&a) {
+                Some(t) => t.clone(),
+                None => {
+                    tracing::info!(alias = a, "unknown topic alias");
+                    return Err(End::Close(CloseReason::TopicAliasInvalid));
+                }
+            },
+            Some(_) => topic,
+        };
+        if let Err(e) = validate_topic_name(&topic) {
+            tracing::info!(error = %e, "invalid PUBLISH topic");
+            return Err(End::Close(CloseReason::InvalidTopic));
+        }
+        if let Some(a) = alias {
+            self.aliases.insert(a, topic.clone());
+        }
+
+        if qos == 2 && self.qos2.contains(&pkid) {
+            m.qos2_duplicates.fetch_add(1, Ordering::Relaxed);
+            self.push_ready(qos, pkid, Ok(()));
+            return Ok(());
+        }
+        if !self.acl.may_publish(&topic) {
+            self.push_ready(qos, pkid, Err(Refused::NotAuthorized));
+            return Ok(());
+        }
+
+        let (user_properties, content_type) = match props {
+            Some(p) => (p.user_properties, p.content_type),
+            None => (Vec::new(), None),
+        };
+        let fanout = shared
+            .fanout
+            .is_some()
+            .then(|| (topic.clone(), publish.payload.clone()));
+        let class = shared.classifier.load().classify(&topic);
+        let record = Record {
+            timestamp_ms: now_ms(),
+            topic,
+            qos,
+            retain: publish.retain,
+            client_id: self.client_id.clone(),
+            user_properties,
+            content_type,
+            payload: publish.payload,
+        };
+        let ticket = match shared.store.append(class, record) {
+            Ok(t) => t,
+            Err(e) => {
+                self.push_ready(qos, pkid, Err(Refused::Store(e)));
+                return Ok(());
+            }
+        };
+        if qos == 2 {
+            self.qos2.insert(pkid);
+        }
+        match shared.opts.ack {
+            AckMode::Durable => self.pending.push_back(Box::pin(async move {
+                let result = ticket.await.map(|_| ()).map_err(Refused::Store);
+                Outcome {
+                    qos,
+                    pkid,
+                    result,
+                    stored: true,
+                    fanout,
+                }
+            })),
+            AckMode::Fast => {
+                let shared = shared.clone();
+                let client_id = self.client_id.clone();
+                tokio::spawn(async move {
+                    match ticket.await {
+                        Ok(_) => {
+                            shared.metrics.stored.fetch_add(1, Ordering::Relaxed);
+                            if let (Some(f), Some((t, p))) = (&shared.fanout, fanout) {
+                                f.publish(&t, p);
+                            }
+                        }
+                        Err(e) => {
+                            shared.metrics.count_refusal(super::Refusal::AfterAck);
+                            tracing::warn!(client_id, error = %e, "ack = fast: a publish acknowledged to the client was not stored");
+                        }
+                    }
+                });
+                self.push_ready(qos, pkid, Ok(()));
+            }
+        }
+        Ok(())
+    }
+
+    fn push_ready(&mut self, qos: u8, pkid: u16, result: Result<(), Refused>) {
+        self.pending.push_back(Box::pin(std::future::ready(Outcome {
+            qos,
+            pkid,
+            result,
+            stored: false,
+            fanout: None,
+        })));
+    }
+
+    /// Turns one finished publish into its ack (or refusal), in publish order.
+    fn on_outcome(&mut self, o: Outcome) -> Result<(), End> {
+        let m = self.shared.metrics.clone();
+        let v5 = self.v5();
+        let (puback, pubrec) = match o.result {
+            Ok(()) => {
+                if o.stored {
+                    m.stored.fetch_add(1, Ordering::Relaxed);
+                }
+                if let (Some(f), Some((topic, payload))) = (&self.shared.fanout, o.fanout) {
+                    f.publish(&topic, payload);
+                }
+                (PubAckReason::Success, PubRecReason::Success)
+            }
+            Err(Refused::NotAuthorized) => {
+                m.count_refusal(Refusal::NotAuthorized);
+                if o.qos == 2 {
+                    self.qos2.remove(&o.pkid);
+                }
+                if !v5 && o.qos > 0 {
+                    tracing::info!(client_id = %self.client_id, "publish to a topic this user may not use; MQTT 3.1.1 has no negative ack, closing");
+                    return Err(End::Close(CloseReason::NotAuthorized));
+                }
+                (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized)
+            }
+            Err(Refused::Store(e)) if e.is_backpressure() => {
+                m.count_refusal(match e {
+                    StoreError::Headroom { .. } => Refusal::Headroom,
+                    _ => Refusal::ClassFull,
+                });
+                if o.qos == 2 {
+                    self.qos2.remove(&o.pkid);
+                }
+                if !v5 && o.qos > 0 {
+                    self.shared.warn_backpressure(&self.client_id, &e);
+                    return Err(End::Close(CloseReason::Backpressure));
+                }
+                (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded)
+            }
+            // Retrying cannot help this message: say so (v5) instead of closing, or close
+            // (v3.1.1) with a reason an operator can act on.
+            Err(Refused::Store(e @ StoreError::TooLarge { .. })) => {
+                m.count_refusal(Refusal::TooLarge);
+                tracing::warn!(client_id = %self.client_id, error = %e, "publish too large for the store; lower mqtt max_packet_size below the commit batch size");
+                if o.qos == 2 {
+                    self.qos2.remove(&o.pkid);
+                }
+                if !v5 && o.qos > 0 {
+                    return Err(End::Close(CloseReason::PacketTooLarge));
+                }
+                (
+                    PubAckReason::ImplementationSpecificError,
+                    PubRecReason::ImplementationSpecificError,
+                )
+            }
+            Err(Refused::Store(e)) => {
+                m.count_refusal(Refusal::StoreError);
+                tracing::error!(client_id = %self.client_id, error = %e, "storing a publish failed; closing the connection without an ack so the client resends");
+                return Err(End::Close(CloseReason::StoreError));
+            }
+        };
+        match o.qos {
+            1 => self.write(Packet::PubAck(
+                PubAck {
+                    pkid: o.pkid,
+                    reason: puback,
+                },
+                None,
+            )),
+            2 => self.write(Packet::PubRec(
+                PubRec {
+                    pkid: o.pkid,
+                    reason: pubrec,
+                },
+                None,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), End> {
+        let v5 = self.v5();
+        let fail = |code_v5| {
+            if v5 {
+                code_v5
+            } else {
+                SubscribeReasonCode::Failure
+            }
+        };
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for f in &s.filters {
+            let code = if validate_filter(&f.path).is_err() {
+                fail(SubscribeReasonCode::TopicFilterInvalid)
+            } else if !self.acl.may_subscribe(&f.path) {
+                tracing::info!(client_id = %self.client_id, filter = %f.path, "subscription denied by ACL");
+                fail(SubscribeReasonCode::NotAuthorized)
+            } else if let Some(fanout) = self.shared.fanout.clone() {
+                if self.sub.is_none() {
+                    self.sub = fanout.subscriber().await;
+                }
+                match self.sub.as_mut().map(|sub| sub.subscribe(&f.path)) {
+                    Some(true) => SubscribeReasonCode::Success(QoS::AtMostOnce),
+                    Some(false) => fail(SubscribeReasonCode::Unspecified),
+                    None => fail(SubscribeReasonCode::QuotaExceeded),
+                }
+            } else {
+                fail(SubscribeReasonCode::ImplementationSpecific)
+            };
+            codes.push(code);
+        }
+        self.write(Packet::SubAck(
+            SubAck {
+                pkid: s.pkid,
+                return_codes: codes,
+            },
+            None,
+        ))
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), End> {
+        let reasons = u
+            .filters
+            .iter()
+            .map(|f| match self.sub.as_mut().map(|sub| sub.unsubscribe(f)) {
+                Some(true) => UnsubAckReason::Success,
+                _ => UnsubAckReason::NoSubscriptionExisted,
+            })
+            .collect();
+        self.write(Packet::UnsubAck(
+            UnsubAck {
+                pkid: u.pkid,
+                reasons,
+            },
+            None,
+        ))
+    }
+
+    /// Says goodbye according to how the connection ended, and stores the will if due.
+    async fn finish(
+        &mut self,
+        end: End,
+        will: Option<LastWill>,
+        will_props: Option<LastWillProperties>,
+    ) {
+        let m = self.shared.metrics.clone();
+        let store_will = !matches!(end, End::Clean | End::Shutdown);
+        match &end {
+            End::Shutdown => {
+                // Let the commits already in flight complete and tell the client, all within
+                // shutdown_grace (a client that does not read cannot hold up the shutdown).
+                let deadline = Instant::now() + self.shared.opts.shutdown_grace;
+                while let Ok(Some(o)) = tokio::time::timeout_at(deadline, self.pending.next()).await
+                {
+                    if self.on_outcome(o).is_err() {
+                        break;
+                    }
+                }
+                let _ = self.write(disconnect(DisconnectReasonCode::ServerShuttingDown));
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = self
+                    .flush_within(left.max(Duration::from_millis(100)))
+                    .await;
+                tracing::debug!(client_id = %self.client_id, "closed for shutdown");
+            }
+            End::TakenOver => {
+                m.count_close(CloseReason::TakenOver);
+                tracing::info!(client_id = %self.client_id, "session taken over by a new connection with the same client id");
+                let _ = self.write(disconnect(DisconnectReasonCode::SessionTakenOver));
+                let _ = self.flush().await;
+            }
+            End::Close(reason) => {
+                m.count_close(*reason);
+                tracing::info!(client_id = %self.client_id, reason = reason.as_str(), "closing connection");
+                let code = match reason {
+                    CloseReason::Malformed => Some(DisconnectReasonCode::MalformedPacket),
+                    CloseReason::PacketTooLarge => Some(DisconnectReasonCode::PacketTooLarge),
+                    CloseReason::InvalidTopic => Some(DisconnectReasonCode::TopicNameInvalid),
+                    CloseReason::TopicAliasInvalid => Some(DisconnectReasonCode::TopicAliasInvalid),
+                    CloseReason::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+                    CloseReason::NotAuthorized => Some(DisconnectReasonCode::NotAuthorized),
+                    CloseReason::StoreError => Some(DisconnectReasonCode::UnspecifiedError),
+                    CloseReason::ProtocolError => Some(DisconnectReasonCode::ProtocolError),
+                    _ => None,
+                };
+                if let Some(code) = code {
+                    let _ = self.write(disconnect(code));
+                    let _ = self.flush().await;
+                }
+            }
+            End::Io(e) => tracing::debug!(client_id = %self.client_id, error = %e, "socket error"),
+            End::Clean | End::CleanWithWill | End::Eof => {
+                tracing::debug!(client_id = %self.client_id, end = ?end, "client disconnected")
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        if let (true, Some(w)) = (store_will, will) {
+            store_will_message(self.shared.clone(), self.client_id.clone(), w, will_props);
+        }
+    }
+}
+
+fn disconnect(reason_code: DisconnectReasonCode) -> Packet {
+    Packet::Disconnect(Disconnect { reason_code }, None)
+}
+
+/// Stores a will like a publish (it was validated and authorized at CONNECT).
+fn store_will_message(
+    shared: Arc<Shared>,
+    client_id: String,
+    will: LastWill,
+    props: Option<LastWillProperties>,
+) {
+    let Ok(topic) = String::from_utf8(will.topic.to_vec()) else {
+        return;
+    };
+    let (user_properties, content_type) = match props {
+        Some(p) => (p.user_properties, p.content_type),
+        None => (Vec::new(), None),
+    };
+    let class = shared.classifier.load().classify(&topic);
+    let record = Record {
+        timestamp_ms: now_ms(),
+        topic: topic.clone(),
+        qos: will.qos as u8,
+        retain: will.retain,
+        client_id: client_id.clone(),
+        user_properties,
+        content_type,
+        payload: will.message.clone(),
+    };
+    let appended = shared.store.append(class, record);
+    tokio::spawn(async move {
+        let result = match appended {
+            Ok(ticket) => ticket.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                shared.metrics.wills_stored.fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = &shared.fanout {
+                    f.publish(&topic, will.message);
+                }
+                tracing::info!(client_id, topic, "will message stored");
+            }
+            Err(e) => {
+                let r = match e {
+                    StoreError::ClassFull { .. } => Refusal::ClassFull,
+                    StoreError::Headroom { .. } => Refusal::Headroom,
+                    _ => Refusal::StoreError,
+                };
+                shared.metrics.count_refusal(r);
+                tracing::warn!(client_id, topic, error = %e, "will message could not be stored");
+            }
+        }
+    });
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(..) => "CONNACK",
+        Packet::Publish(..) => "PUBLISH",
+        Packet::PubAck(..) => "PUBACK",
+        Packet::PingReq(..) => "PINGREQ",
+        Packet::PingResp(..) => "PINGRESP",
+        Packet::Subscribe(..) => "SUBSCRIBE",
+        Packet::SubAck(..) => "SUBACK",
+        Packet::PubRec(..) => "PUBREC",
+        Packet::PubRel(..) => "PUBREL",
+        Packet::PubComp(..) => "PUBCOMP",
+        Packet::Unsubscribe(..) => "UNSUBSCRIBE",
+        Packet::UnsubAck(..) => "UNSUBACK",
+        Packet::Disconnect(..) => "DISCONNECT",
+    }
+}
