@@ -129,7 +129,9 @@ impl KafkaOptions {
 pub enum KafkaSetupError {
     #[error("kafka property `{key} = {value}` would weaken ferry's delivery guarantee (enable.idempotence must be true, acks must be all): remove it from [kafka.properties]")]
     Weakens { key: String, value: String },
-    #[error("creating the Kafka producer for {bootstrap}: {source}: check [kafka] in the configuration")]
+    #[error(
+        "creating the Kafka producer for {bootstrap}: {source}: check [kafka] in the configuration"
+    )]
     Create {
         bootstrap: String,
         #[source]

@@ -307,8 +307,7 @@ impl Mapper {
         }
         let key = key_t.map(render).transpose()?;
 
-        let mut headers: Vec<(String, Vec<u8>)> =
-            Vec::with_capacity(9 + rec.user_properties.len());
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(9 + rec.user_properties.len());
         headers.push(("mqtt.topic".into(), rec.topic.as_bytes().to_vec()));
         headers.push(("mqtt.qos".into(), rec.qos.to_string().into_bytes()));
         headers.push(("mqtt.retain".into(), rec.retain.to_string().into_bytes()));
@@ -346,8 +345,7 @@ pub fn valid_kafka_topic(t: &str) -> bool {
         && t.len() <= KAFKA_TOPIC_MAX_LEN
         && t != "."
         && t != ".."
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
@@ -401,7 +399,14 @@ mod tests {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
         let e = Template::parse("{4}").unwrap().render("a/b", "", "", "");
-        assert!(matches!(e, Err(MappingError::MissingLevel { level: 4, levels: 2, .. })));
+        assert!(matches!(
+            e,
+            Err(MappingError::MissingLevel {
+                level: 4,
+                levels: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -461,6 +466,9 @@ mod tests {
         .unwrap()
         .map(0, &stored("a b/x"));
         assert!(matches!(r, Err(MappingError::InvalidKafkaTopic { .. })));
-        assert!(matches!(m.map(5, &stored("a")), Err(MappingError::UnknownClass(5))));
+        assert!(matches!(
+            m.map(5, &stored("a")),
+            Err(MappingError::UnknownClass(5))
+        ));
     }
 }

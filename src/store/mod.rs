@@ -249,7 +249,10 @@ impl StoreError {
     }
     /// True for refusals that are backpressure (retry later), not failures.
     pub fn is_backpressure(&self) -> bool {
-        matches!(self, StoreError::ClassFull { .. } | StoreError::Headroom { .. })
+        matches!(
+            self,
+            StoreError::ClassFull { .. } | StoreError::Headroom { .. }
+        )
     }
 }
 
