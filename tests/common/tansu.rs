@@ -52,6 +52,8 @@ pub fn free_port() -> u16 {
 pub struct Tansu {
     bin: PathBuf,
     port: u16,
+    /// The port advertised in metadata (a proxy's) when it differs from `port`.
+    advertised: Option<u16>,
     child: Option<Child>,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -62,10 +64,16 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker on a free port and waits until it answers metadata requests.
     pub fn start() -> Tansu {
+        Self::start_advertising(None)
+    }
+
+    /// Starts a broker that tells clients to connect to `advertised` (a [`Proxy`] in front).
+    pub fn start_advertising(advertised: Option<u16>) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
         let mut t = Tansu {
             bin: tansu_bin(),
             port: free_port(),
+            advertised,
             child: None,
             log: dir.path().join("tansu.log"),
             _dir: dir,
@@ -89,6 +97,7 @@ impl Tansu {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let adv = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         for attempt in 0..20 {
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -97,7 +106,7 @@ impl Tansu {
                 .unwrap();
             let child = Command::new(&self.bin)
                 .arg("broker")
-                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--listener-url", &url, "--advertised-listener-url", &adv])
                 .args(["--storage-engine", "memory://tansu/"])
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -381,4 +390,133 @@ pub fn consume_until(
         }
     }
     out
+}
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward both ways.
+    Open,
+    /// Accept and close at once (like a refused connection, but through the kernel's accept).
+    Refuse,
+    /// Keep connections open but drop every byte both ways (a hung link).
+    Blackhole,
+}
+
+/// An in-test TCP proxy in front of the broker: cuts, refuses or blackholes connections
+/// without touching the broker's state.
+pub struct Proxy {
+    port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+}
+
+struct ProxyShared {
+    target: std::sync::Mutex<u16>,
+    mode: std::sync::Mutex<ProxyMode>,
+    conns: std::sync::Mutex<Vec<std::net::TcpStream>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Proxy {
+    /// Listens on a free port; forwards to `127.0.0.1:target` (set later with `set_target`).
+    pub fn start(target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let shared = std::sync::Arc::new(ProxyShared {
+            target: std::sync::Mutex::new(target),
+            mode: std::sync::Mutex::new(ProxyMode::Open),
+            conns: std::sync::Mutex::new(Vec::new()),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        std::thread::spawn(move || {
+            while !sh.stop.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                let mode = *sh.mode.lock().unwrap();
+                if mode == ProxyMode::Refuse {
+                    drop(client);
+                    continue;
+                }
+                let target = *sh.target.lock().unwrap();
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    drop(client);
+                    continue;
+                };
+                {
+                    let mut conns = sh.conns.lock().unwrap();
+                    conns.push(client.try_clone().unwrap());
+                    conns.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let sh = sh.clone();
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if *sh.mode.lock().unwrap() == ProxyMode::Blackhole {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, shared }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_target(&self, target: u16) {
+        *self.shared.target.lock().unwrap() = target;
+    }
+
+    /// Closes every open connection (clients reconnect through the proxy).
+    pub fn cut(&self) {
+        for c in self.shared.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn set_mode(&self, mode: ProxyMode) {
+        *self.shared.mode.lock().unwrap() = mode;
+        if mode == ProxyMode::Refuse {
+            self.cut();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut();
+    }
 }
