@@ -383,8 +383,9 @@ pub fn consume_until(
         if satisfied_at.is_none() && done(&out) {
             satisfied_at = Some(Instant::now());
         }
+        // Once satisfied, keep reading a little longer to pick up stragglers (duplicates).
         if let Some(t) = satisfied_at {
-            if last_msg.elapsed() >= quiet && t.elapsed() >= quiet.min(Duration::from_millis(200)) {
+            if last_msg.elapsed() >= quiet || t.elapsed() >= quiet * 4 {
                 break;
             }
         }
