@@ -901,7 +901,10 @@ impl Forwarder {
         self.generation += 1;
         tracing::warn!(reason = %why, generation = self.generation, "recreating the Kafka producer; every class re-sends from its acknowledged position");
         if let Some(p) = self.producer.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(p)).await;
+            // Dropping purges the old queue and joins librdkafka's threads, which can take a
+            // while against a hung broker; it must not hold up the new producer, so it is not
+            // awaited.
+            drop(tokio::task::spawn_blocking(move || drop(p)));
         }
         // Stale reports of the old producer carry the old generation and are ignored.
         self.advance_acks();
