@@ -1,5 +1,6 @@
 //! Forwarder: drains the store to Kafka (in progress).
 
+pub mod clock;
 pub mod deadletter;
 pub mod kafka;
 pub mod mapping;
