@@ -44,6 +44,7 @@
 //! acknowledged positions, drop the producer. Whatever was still in flight is sent again after
 //! the restart.
 
+pub mod clock;
 pub mod deadletter;
 pub mod kafka;
 pub mod mapping;
