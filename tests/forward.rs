@@ -885,3 +885,59 @@ async fn kill9_during_drain_loses_nothing() {
         "{dups} duplicates: the re-sent range is not bounded"
     );
 }
+
+/// The configured throttle (fwd-policy's token bucket behind the `Configured` policy) limits
+/// what the forwarder sends: 256 KiB at 64 KiB/s takes about 4 s (generous margins; the
+/// accurate figure belongs in the benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_limits_the_drain_rate() {
+    use ferry::forward::clock::{Clock, SystemClock};
+    use ferry::forward::policy::Configured;
+    use ferry::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
+    use ferry::forward::window::{Schedule, Windows};
+    use std::sync::Arc;
+
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ferry.telemetry", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = telemetry_store(dir.path());
+    for i in 0..256u64 {
+        append(
+            &store,
+            0,
+            record("a", "c", i, Bytes::from(vec![b'x'; 1024])),
+        )
+        .await;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::local());
+    let now = clock.now();
+    let throttles = Throttles::new(
+        Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(64 << 10)), &now),
+        vec![],
+    );
+    let policy = Configured::new(clock, Windows::new(Schedule::always()), throttles);
+    let dl = DeadLetters::open(dir.path()).unwrap();
+    let (fwd, h) = Forwarder::new(
+        store.clone(),
+        dl,
+        test_opts(&mock.bootstrap_servers()),
+        Box::new(policy),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(fwd.run(async move {
+        let _ = rx.await;
+    }));
+    assert!(eventually(Duration::from_secs(30), || store.acked(0).seq == 256).await);
+    let took = started.elapsed();
+    assert_eq!(h.status().throttle_bytes_per_sec, Some(64 << 10));
+    // ~270 KiB on the wire (payload + headers) at 64 KiB/s, minus a 250 ms burst: ~4 s.
+    assert!(
+        took >= Duration::from_secs(3),
+        "too fast for 64 KiB/s: {took:?}"
+    );
+    assert!(took <= Duration::from_secs(12), "too slow: {took:?}");
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -66,3 +66,54 @@ impl Policy for Unlimited {
         None
     }
 }
+
+/// The configured policies: connectivity windows ([`super::window::Windows`]) and the byte-rate
+/// throttle ([`super::throttle::Throttles`]), read against one [`super::clock::Clock`].
+///
+/// Class choice is strict priority by class order (class 0 first) until the minimum-share
+/// scheduler (`super::schedule`) is wired in here. The operator's drain override lives in the
+/// forwarder's control cell ([`super::ForwarderHandle::drain_now_for`]), which bypasses
+/// [`Policy::window`]; the windows' own drain is therefore not used by the forwarder.
+pub struct Configured {
+    clock: std::sync::Arc<dyn super::clock::Clock>,
+    windows: super::window::Windows,
+    throttles: super::throttle::Throttles,
+}
+
+impl Configured {
+    pub fn new(
+        clock: std::sync::Arc<dyn super::clock::Clock>,
+        windows: super::window::Windows,
+        throttles: super::throttle::Throttles,
+    ) -> Self {
+        Configured {
+            clock,
+            windows,
+            throttles,
+        }
+    }
+}
+
+impl Policy for Configured {
+    fn window(&mut self) -> WindowState {
+        let now = self.clock.now();
+        WindowState {
+            open: self.windows.is_open(&now),
+            next_change: self.windows.time_to_change(&now),
+        }
+    }
+    fn pick(&mut self, candidates: &[Candidate]) -> Option<ClassId> {
+        candidates.iter().map(|c| c.class).min()
+    }
+    fn take(&mut self, class: ClassId, bytes: u64) -> Result<(), Duration> {
+        let now = self.clock.now();
+        self.throttles.check(class, bytes, &now)
+    }
+    fn sent(&mut self, class: ClassId, bytes: u64) {
+        let now = self.clock.now();
+        self.throttles.record_sent(class, bytes, &now);
+    }
+    fn rate_limit(&self) -> Option<u64> {
+        self.throttles.global.current_rate().bytes_per_sec()
+    }
+}
