@@ -941,3 +941,58 @@ async fn throttle_limits_the_drain_rate() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// A permanent error from the broker (topic authorization failed on a produce request) moves
+/// the affected record to the dead-letter log; later records are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_permanent_error_dead_letters_the_record() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ferry.telemetry", 1, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let store = telemetry_store(dir.path());
+    let running = spawn_forwarder(&store, dir.path(), test_opts(&bootstrap));
+    let h = running.handle.clone();
+    // Warm up the connection so the injected error hits the next produce request only.
+    append(&store, 0, record("a", "c", 1, "first")).await;
+    assert!(eventually(Duration::from_secs(20), || store.acked(0).seq == 1).await);
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    append(&store, 0, record("a", "c", 2, "denied")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || h.status().dead_lettered == 1).await,
+        "{:?}",
+        h.status()
+    );
+    for i in 3..=10u64 {
+        append(&store, 0, record("a", "c", i, format!("m{i}"))).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || store.acked(0).seq == 10).await,
+        "{:?}",
+        h.status()
+    );
+    running.stop().await;
+    let dl = DeadLetters::open(dir.path()).unwrap();
+    let list = dl.list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].seq, 2);
+    assert!(
+        list[0].reason.contains("TopicAuthorizationFailed"),
+        "{}",
+        list[0].reason
+    );
+    let got = consume(
+        &bootstrap,
+        &[("ferry.telemetry", 1)],
+        Duration::from_secs(20),
+        |r| ids(r).len() >= 9,
+    )
+    .await;
+    let mut want = seq_ids("telemetry", 1..=10);
+    want.remove("gw1/telemetry/2");
+    assert_eq!(ids(&got), want);
+    drop(mock);
+}
