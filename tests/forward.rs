@@ -893,6 +893,7 @@ async fn kill9_during_drain_loses_nothing() {
 async fn throttle_limits_the_drain_rate() {
     use ferry::forward::clock::{Clock, SystemClock};
     use ferry::forward::policy::Configured;
+    use ferry::forward::schedule::{ClassPolicy, Scheduler};
     use ferry::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
     use ferry::forward::window::{Schedule, Windows};
     use std::sync::Arc;
@@ -915,7 +916,18 @@ async fn throttle_limits_the_drain_rate() {
         Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(64 << 10)), &now),
         vec![],
     );
-    let policy = Configured::new(clock, Windows::new(Schedule::always()), throttles);
+    let scheduler = Scheduler::new(vec![ClassPolicy {
+        name: "telemetry".into(),
+        priority: 0,
+        min_share: 0.0,
+    }])
+    .unwrap();
+    let policy = Configured::new(
+        clock,
+        Windows::new(Schedule::always()),
+        scheduler,
+        throttles,
+    );
     let dl = DeadLetters::open(dir.path()).unwrap();
     let (fwd, h) = Forwarder::new(
         store.clone(),

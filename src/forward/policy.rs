@@ -67,16 +67,18 @@ impl Policy for Unlimited {
     }
 }
 
-/// The configured policies: connectivity windows ([`super::window::Windows`]) and the byte-rate
-/// throttle ([`super::throttle::Throttles`]), read against one [`super::clock::Clock`].
+/// The configured policies: connectivity windows ([`super::window::Windows`]), the priority
+/// scheduler with minimum shares ([`super::schedule::Scheduler`]) and the byte-rate throttle
+/// ([`super::throttle::Throttles`]), read against one [`super::clock::Clock`].
 ///
-/// Class choice is strict priority by class order (class 0 first) until the minimum-share
-/// scheduler (`super::schedule`) is wired in here. The operator's drain override lives in the
-/// forwarder's control cell ([`super::ForwarderHandle::drain_now_for`]), which bypasses
-/// [`Policy::window`]; the windows' own drain is therefore not used by the forwarder.
+/// The operator's overrides live in the forwarder's control cell
+/// ([`super::ForwarderHandle`]): "drain now" bypasses [`Policy::window`] and paused classes
+/// are never offered to [`Policy::pick`], so the windows' and the scheduler's own override
+/// state stays unused here.
 pub struct Configured {
     clock: std::sync::Arc<dyn super::clock::Clock>,
     windows: super::window::Windows,
+    scheduler: super::schedule::Scheduler,
     throttles: super::throttle::Throttles,
 }
 
@@ -84,13 +86,20 @@ impl Configured {
     pub fn new(
         clock: std::sync::Arc<dyn super::clock::Clock>,
         windows: super::window::Windows,
+        scheduler: super::schedule::Scheduler,
         throttles: super::throttle::Throttles,
     ) -> Self {
         Configured {
             clock,
             windows,
+            scheduler,
             throttles,
         }
+    }
+
+    /// Recent share of bytes per class (for status and metrics).
+    pub fn shares(&self) -> Vec<f64> {
+        self.scheduler.shares()
     }
 }
 
@@ -103,7 +112,8 @@ impl Policy for Configured {
         }
     }
     fn pick(&mut self, candidates: &[Candidate]) -> Option<ClassId> {
-        candidates.iter().map(|c| c.class).min()
+        self.scheduler
+            .pick(|c| candidates.iter().any(|cand| cand.class == c))
     }
     fn take(&mut self, class: ClassId, bytes: u64) -> Result<(), Duration> {
         let now = self.clock.now();
@@ -112,6 +122,7 @@ impl Policy for Configured {
     fn sent(&mut self, class: ClassId, bytes: u64) {
         let now = self.clock.now();
         self.throttles.record_sent(class, bytes, &now);
+        self.scheduler.record_sent(class, bytes);
     }
     fn rate_limit(&self) -> Option<u64> {
         self.throttles.global.current_rate().bytes_per_sec()
