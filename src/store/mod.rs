@@ -36,6 +36,7 @@ mod recovery;
 mod segment;
 mod space;
 
+pub(crate) use commit::now_ms;
 pub use commit::CommitTicket;
 pub use reader::Reader;
 pub use record::{Record, StoredRecord};
