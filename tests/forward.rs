@@ -330,6 +330,8 @@ async fn delivers_three_classes_with_mapping() {
     }
     // Positions are durable: a new store handle sees them.
     store.close().unwrap();
+    // The data directory lock goes with the last handle.
+    drop(store);
     let store = open_store(dir.path(), &names);
     for c in 0..3 {
         assert_eq!(store.acked(c).seq, N / 3);
