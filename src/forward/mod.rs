@@ -1104,10 +1104,13 @@ impl Forwarder {
 
         // Map the staged records (bounded by the in-flight limit) and take throttle tokens for
         // the whole run at once.
-        let room = self
+        let mut room = self
             .opts
             .max_in_flight_bytes
             .saturating_sub(self.inflight_bytes);
+        if let Some(cap) = self.policy.max_run_bytes(class) {
+            room = room.min(usize::try_from(cap).unwrap_or(usize::MAX).max(1));
+        }
         let mut run: Vec<(StoredRecord, Result<KafkaRecord, MappingError>)> = Vec::new();
         let mut run_bytes = 0usize;
         {
