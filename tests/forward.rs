@@ -356,6 +356,7 @@ async fn outage_buffers_then_delivers_everything() {
     let store = telemetry_store(dir.path());
     let mut opts = test_opts(&broker.bootstrap());
     opts.kafka.message_timeout_ms = 5000;
+    opts.stall_timeout = Duration::from_secs(10);
     let running = spawn_forwarder(&store, dir.path(), opts);
     for i in 0..50u64 {
         append(&store, 0, record("a/b", "c", 1000 + i, format!("m{i}"))).await;
