@@ -419,8 +419,7 @@ async fn outage_buffers_then_delivers_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_link_loses_nothing() {
     let proxy = Proxy::start(0);
-    let mut broker = Tansu::start_advertising(Some(proxy.port()));
-    proxy.set_target(broker.port());
+    let mut broker = Tansu::start_behind(&proxy);
     broker.create_topic("ferry.telemetry", 2);
     let dir = tempfile::tempdir().unwrap();
     let store = telemetry_store(dir.path());
