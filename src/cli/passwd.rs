@@ -7,9 +7,6 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context};
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::Argon2;
 
 use super::{PasswdArgs, EXIT_OK};
 
@@ -50,11 +47,9 @@ pub(super) fn run(args: &PasswdArgs) -> anyhow::Result<u8> {
 
 /// An argon2id PHC string with a fresh random salt and the crate's default (OWASP) cost.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    let hash = Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("hashing the password failed: {e}"))?;
-    Ok(hash.to_string())
+    // One hashing routine for the CLI and the listener, so what one writes the other reads.
+    crate::ingest::auth::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("hashing the password failed: {e}"))
 }
 
 fn read_line(input: &mut impl BufRead) -> anyhow::Result<String> {
@@ -112,7 +107,9 @@ impl Drop for EchoOff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    use argon2::password_hash::phc::PasswordHash;
+    use argon2::password_hash::PasswordVerifier;
+    use argon2::Argon2;
 
     #[test]
     fn hash_verifies_and_is_argon2id() {
