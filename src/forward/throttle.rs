@@ -12,6 +12,8 @@
 //!     }
 //! }
 //! t.take(bytes, &now)                             // check + record_sent in one step
+//! t.allowance(&now)                              // bytes sendable now without waiting: cut
+//!                                                 //   a batch to this (at least one record)
 //! t.current_rate() / t.tokens() / t.budget_left() // for status and metrics
 //! Throttles { global, classes }                   // the global bucket plus optional per-class ones
 //! "64KiB/s".parse::<Rate>(), parse_bytes("2GiB")  // config values (also serde)
@@ -373,6 +375,22 @@ impl Throttle {
         Ok(())
     }
 
+    /// Bytes that may be sent now without waiting or overdrawing the bucket or the budget;
+    /// `None` when unlimited. The forwarder cuts a batch to this (keeping at least one
+    /// record, which [`check`](Self::check) then decides on), so a large batch does not go
+    /// out as one burst of many seconds of rate that is then paid off by a long silence.
+    pub fn allowance(&mut self, now: &Now) -> Option<u64> {
+        self.advance(now);
+        let tokens = match self.rate {
+            Rate::Unlimited => None,
+            Rate::BytesPerSec(_) => Some(self.tokens.max(0.0) as u64),
+        };
+        match (tokens, self.budget_left()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The rate in effect at the last check or charge.
     pub fn current_rate(&self) -> Rate {
         self.rate
@@ -532,6 +550,19 @@ impl Throttles {
         }
     }
 
+    /// The smaller allowance of the two buckets (see [`Throttle::allowance`]).
+    pub fn allowance(&mut self, class: usize, now: &Now) -> Option<u64> {
+        let g = self.global.allowance(now);
+        let c = match self.classes.get_mut(class) {
+            Some(Some(t)) => t.allowance(now),
+            _ => None,
+        };
+        match (g, c) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Charges both buckets.
     pub fn record_sent(&mut self, class: usize, bytes: u64, now: &Now) {
         self.global.record_sent(bytes, now);
@@ -654,6 +685,7 @@ mod tests {
         }
         assert_eq!(t.tokens(), None);
         assert_eq!(t.capacity(), None);
+        assert_eq!(t.allowance(&clock.now()), None);
         assert_eq!(t.current_rate(), Rate::Unlimited);
         assert_eq!(t.budget_left(), None);
     }
@@ -774,6 +806,7 @@ mod tests {
             t.take(MIB, &clock.now()).unwrap();
         }
         assert_eq!(t.budget_left(), Some(MIB));
+        assert_eq!(t.allowance(&clock.now()), Some(MIB));
         // A batch that would exceed the budget waits for midnight, a fitting one goes.
         assert_eq!(
             t.check(MIB + 1, &clock.now()),
@@ -849,7 +882,11 @@ mod tests {
             Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(MIB)), &now),
             vec![None, Some(Throttle::new(small, &now))],
         );
+        assert_eq!(ts.allowance(1, &now), Some(2560));
+        assert_eq!(ts.allowance(0, &now), Some(256 * KIB));
         ts.take(1, 10 * KIB, &now).unwrap();
+        assert_eq!(ts.allowance(1, &now), Some(0));
+        assert_eq!(ts.allowance(0, &now), Some(246 * KIB));
         let w = ts.check(1, 10 * KIB, &now).unwrap_err();
         assert!((w.as_secs_f64() - 1.0).abs() < 0.001);
         // Class 0 only sees the global bucket, which class 1 also drew from.
