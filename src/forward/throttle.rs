@@ -476,7 +476,11 @@ impl Throttle {
         self.rate = rate_at(&self.cfg, now.local);
         self.refill(self.rate, remaining);
         self.tokens = self.tokens.min(self.capacity_f64());
-        self.last = *now;
+        // A reading older than the last one (two clock reads racing) must not move `last`
+        // back, or the same interval would be credited twice.
+        if now.mono >= self.last.mono {
+            self.last = *now;
+        }
         if now.local.date() > self.budget_day {
             tracing::debug!(day = %now.local.date(), used = self.budget_used, "daily byte budget reset");
             self.budget_day = now.local.date();
@@ -674,6 +678,20 @@ mod tests {
         clock.advance(Duration::from_secs(3600));
         t.take(MIB / 4, &clock.now()).unwrap();
         assert!(t.check(1, &clock.now()).is_err());
+    }
+
+    #[test]
+    fn an_older_reading_does_not_credit_time_twice() {
+        let clock = ManualClock::at(2026, 11, 16, 12, 0, 0);
+        let early = clock.now();
+        let mut t = Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(KIB)), &early);
+        clock.advance(Duration::from_secs(10));
+        t.record_sent(10 * KIB, &clock.now());
+        t.record_sent(0, &early);
+        clock.advance(Duration::from_secs(1));
+        t.record_sent(0, &clock.now());
+        // Full (256) - 10 KiB + 1 s of refill; crediting the 11 s again would refill it.
+        assert_eq!(t.tokens(), Some(256 - 10 * 1024 + 1024));
     }
 
     #[test]
