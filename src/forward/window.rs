@@ -43,6 +43,13 @@
 //!            ^ open Mon 22:00                              ^ closes Sat 06:00
 //! ```
 //!
+//! # Daylight saving time
+//!
+//! Schedules are compared with the local wall clock as it reads ([`super::clock`]). On the
+//! day clocks go forward, a window inside the skipped hour does not happen and one spanning
+//! it is an hour shorter; on the day they go back, the repeated hour is in or out of a window
+//! both times. That is what an operator who wrote "22:00-06:00" expects of a wall clock.
+//!
 //! # The override, and where pause lives
 //!
 //! [`Windows`] adds the operator's "drain now for N minutes" ([`Windows::drain_for`]) to the
