@@ -38,7 +38,9 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
             ));
         }
         if level.contains('+') && *level != "+" {
-            return Err(format!("`+` must be a whole level of a filter (in `{filter}`)"));
+            return Err(format!(
+                "`+` must be a whole level of a filter (in `{filter}`)"
+            ));
         }
     }
     Ok(())
@@ -50,7 +52,9 @@ pub fn validate_topic_name(topic: &str) -> Result<(), String> {
         return Err("the topic name is empty".into());
     }
     if topic.contains(['+', '#']) {
-        return Err(format!("wildcards are not allowed in a topic name (`{topic}`)"));
+        return Err(format!(
+            "wildcards are not allowed in a topic name (`{topic}`)"
+        ));
     }
     if topic.contains('\0') {
         return Err("the topic name contains NUL".into());

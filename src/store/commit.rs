@@ -1,31 +1,1114 @@
-//! Group commit (in progress).
+//! The shared store state and the group-commit writer.
+//!
+//! ```text
+//!  append() ──Cmd::Append──▶ ┌──────────── writer thread ─────────────┐
+//!  append() ──Cmd::Append──▶ │ 1. take what is queued (up to max_bytes,│
+//!  purge()  ──Cmd::Purge───▶ │    lingering up to max_delay)           │
+//!                            │ 2. headroom check (statvfs)             │
+//!                            │ 3. per class: encode one frame, apply   │
+//!                            │    max_bytes (reject / drop_oldest),    │
+//!                            │    roll the segment if full, write()    │
+//!                            │ 4. per class touched: fdatasync         │
+//!                            │ 5. publish the new end, complete tickets│
+//!                            └─────────────────────────────────────────┘
+//! ```
+//! The writer owns every active segment file; other threads only read the in-memory summaries
+//! (under a short per-class lock), delete fully acknowledged sealed segments, and write the
+//! small state file. One thread doing all writes keeps frames in order without file locks and
+//! turns many concurrent appends into one write + one fdatasync per class.
+
+use super::ackfile::{ClassState, StateFile};
+use super::format::*;
+use super::reader::Reader;
+use super::recovery::{recover_class, RecoveryReport};
+use super::segment::{self, ActiveSegment, SegmentMeta};
 use super::*;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
 
-pub struct CommitTicket(tokio::sync::oneshot::Receiver<Result<u64>>);
+/// Completes when the record is durable (`Ok(seq)`) or was refused / failed (`Err`).
+/// `.await` it in async code, or call [`CommitTicket::wait`] from a plain thread.
+pub struct CommitTicket(oneshot::Receiver<Result<u64>>);
+
+impl CommitTicket {
+    /// Blocks the current thread until the commit finished. Do not call inside a tokio runtime.
+    pub fn wait(self) -> Result<u64> {
+        self.0.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
 
 impl Future for CommitTicket {
     type Output = Result<u64>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed)))
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
     }
 }
 
-pub(crate) struct Shared;
+enum Cmd {
+    Append {
+        class: ClassId,
+        rec: Record,
+        size: usize,
+        done: oneshot::Sender<Result<u64>>,
+    },
+    Purge {
+        class: ClassId,
+        older_than_ms: Option<u64>,
+        done: mpsc::Sender<Result<(u64, u64)>>,
+    },
+    Retention {
+        now_ms: u64,
+        done: mpsc::Sender<Result<()>>,
+    },
+    Close {
+        done: mpsc::Sender<Result<()>>,
+    },
+}
+
+/// Per-class state shared by the writer, readers and ackers.
+pub(crate) struct ClassShared {
+    pub name: String,
+    pub opts: ClassOptions,
+    pub dir: PathBuf,
+    pub inner: Mutex<ClassInner>,
+    /// Serialises state-file writes; always taken before `inner`.
+    pub state_file: Mutex<StateFile>,
+    pub committed_tx: watch::Sender<u64>,
+    pub disk_bytes: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub refused_headroom: AtomicU64,
+    /// Frames a reader found damaged at run time (persisted counts come from recovery).
+    pub corrupt_skipped: AtomicU64,
+    pub read_only: bool,
+}
+
+pub(crate) struct ClassInner {
+    /// Oldest first; the last one is the active segment. Never empty in a writable store.
+    pub segments: VecDeque<SegmentMeta>,
+    pub state: ClassState,
+}
+
+impl ClassInner {
+    pub fn end_seq(&self) -> u64 {
+        self.segments.back().map_or(1, |s| s.end_seq)
+    }
+    pub fn logical_end(&self) -> u64 {
+        self.segments.back().map_or(0, |s| s.logical_end)
+    }
+}
+
+impl ClassShared {
+    /// Persists the class state after `f` changed it (state lock, then inner lock).
+    fn update_state(&self, f: impl FnOnce(&mut ClassState) -> bool) -> Result<()> {
+        let mut sf = self.state_file.lock();
+        let snapshot = {
+            let mut inner = self.inner.lock();
+            if !f(&mut inner.state) {
+                return Ok(());
+            }
+            inner.state.clone()
+        };
+        sf.write(&snapshot)
+    }
+
+    /// Removes the oldest segment (never the last one), counting its unacknowledged records
+    /// as dropped for `reason` (None = it was fully acknowledged). Returns (records, bytes).
+    fn drop_front(&self, reason: Option<DropReason>) -> Result<Option<(u64, u64)>> {
+        let seg = {
+            let mut inner = self.inner.lock();
+            if inner.segments.len() < 2 {
+                return Ok(None);
+            }
+            inner.segments.pop_front()
+        };
+        let Some(seg) = seg else { return Ok(None) };
+        let acked = self.inner.lock().state.acked;
+        let (records, _) = seg.unacked(&acked);
+        if let (Some(reason), true) = (reason, records > 0) {
+            self.update_state(|st| {
+                st.dropped.add(reason, records);
+                true
+            })?;
+            tracing::warn!(class = %self.name, reason = reason.as_str(), records, segment = %seg.path.display(),
+                "retention dropped records that were not yet delivered");
+        }
+        std::fs::remove_file(&seg.path)
+            .map_err(|e| StoreError::io("delete segment", &seg.path, e))?;
+        segment::sync_dir(&self.dir)?;
+        self.disk_bytes.fetch_sub(seg.len, Ordering::Relaxed);
+        Ok(Some((records, seg.len)))
+    }
+}
+
+pub(crate) struct Shared {
+    opts: StoreOptions,
+    pub(crate) classes: Vec<Arc<ClassShared>>,
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    headroom_ok: Arc<AtomicBool>,
+    _lock: Option<std::fs::File>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("LOCK");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io("open lock file", &path, e))?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        return Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+            holder: holder.trim().to_string(),
+        });
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+use std::path::Path;
+
 impl Shared {
-    pub fn open(_o: StoreOptions) -> Result<(Arc<Shared>, RecoveryReport)> { unimplemented!() }
-    pub fn class_names(&self) -> Vec<String> { unimplemented!() }
-    pub fn class_id(&self, _n: &str) -> Option<ClassId> { unimplemented!() }
-    pub fn append(&self, _c: ClassId, _r: Record) -> Result<CommitTicket> { unimplemented!() }
-    pub fn reader(&self, _c: ClassId, _s: u64) -> Result<Reader> { unimplemented!() }
-    pub fn committed(&self, _c: ClassId) -> u64 { unimplemented!() }
-    pub fn subscribe(&self, _c: ClassId) -> tokio::sync::watch::Receiver<u64> { unimplemented!() }
-    pub fn ack(&self, _c: ClassId, _p: Position) -> Result<()> { unimplemented!() }
-    pub fn acked(&self, _c: ClassId) -> Position { unimplemented!() }
-    pub fn stats(&self) -> Vec<ClassStats> { unimplemented!() }
-    pub fn enforce_retention(&self, _n: u64) -> Result<()> { unimplemented!() }
-    pub fn purge(&self, _c: ClassId, _o: Option<u64>) -> Result<(u64, u64)> { unimplemented!() }
-    pub fn close(&self) -> Result<()> { unimplemented!() }
+    pub fn open(opts: StoreOptions) -> Result<(Arc<Shared>, RecoveryReport)> {
+        let root = &opts.data_dir;
+        let lock = if opts.read_only {
+            if !root.is_dir() {
+                return Err(StoreError::io(
+                    "open data directory",
+                    root,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                ));
+            }
+            None
+        } else {
+            std::fs::create_dir_all(root.join("classes"))
+                .map_err(|e| StoreError::io("create data directory", root, e))?;
+            Some(lock_data_dir(root)?)
+        };
+        let mut report = RecoveryReport::default();
+        let quarantine = root.join("quarantine");
+        let mut classes = Vec::new();
+        let mut actives = Vec::new();
+        for c in &opts.classes {
+            let dir = root.join("classes").join(&c.name);
+            let rec = recover_class(&c.name, &dir, &quarantine, opts.read_only, &mut report)?;
+            let mut segments: VecDeque<SegmentMeta> = rec.segments.into();
+            if segments.is_empty() && !opts.read_only {
+                let first = rec.state.acked.seq + 1;
+                let logical = rec.state.acked.logical_end;
+                let a = ActiveSegment::create(&dir, first, logical)?;
+                segments.push_back(empty_meta(&a.path, first, logical));
+            }
+            if !opts.read_only {
+                let back = segments.back().ok_or(StoreError::Closed)?;
+                actives.push(Some(ActiveSegment::reopen(&back.path, back.len)?));
+            }
+            let disk: u64 = segments.iter().map(|s| s.len).sum();
+            let end = segments.back().map_or(1, |s| s.end_seq);
+            let (committed_tx, _) = watch::channel(end - 1);
+            classes.push(Arc::new(ClassShared {
+                name: c.name.clone(),
+                opts: c.clone(),
+                dir,
+                inner: Mutex::new(ClassInner {
+                    segments,
+                    state: rec.state,
+                }),
+                state_file: Mutex::new(rec.state_file),
+                committed_tx,
+                disk_bytes: AtomicU64::new(disk),
+                refused_full: AtomicU64::new(0),
+                refused_headroom: AtomicU64::new(0),
+                corrupt_skipped: AtomicU64::new(0),
+                read_only: opts.read_only,
+            }));
+        }
+        let headroom_ok = Arc::new(AtomicBool::new(true));
+        let (tx, writer) = if opts.read_only {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::channel();
+            let mut w = Writer {
+                opts: opts.clone(),
+                classes: classes.clone(),
+                actives,
+                headroom_ok: headroom_ok.clone(),
+                rx,
+                cctx: None,
+                body: Vec::new(),
+                frame: Vec::new(),
+                last_retention: Instant::now(),
+            };
+            let h = std::thread::Builder::new()
+                .name("ferry-store-writer".into())
+                .spawn(move || w.run())
+                .map_err(|e| StoreError::io("spawn writer thread", &opts.data_dir, e))?;
+            (Some(tx), Some(h))
+        };
+        let shared = Arc::new(Shared {
+            opts,
+            classes,
+            tx: Mutex::new(tx),
+            writer: Mutex::new(writer),
+            headroom_ok,
+            _lock: lock,
+        });
+        Ok((shared, report))
+    }
+
+    fn class(&self, class: ClassId) -> Result<&Arc<ClassShared>> {
+        self.classes
+            .get(class)
+            .ok_or_else(|| StoreError::UnknownClass(format!("#{class}")))
+    }
+
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.clone()).collect()
+    }
+
+    pub fn class_id(&self, name: &str) -> Option<ClassId> {
+        self.classes.iter().position(|c| c.name == name)
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<()> {
+        let guard = self.tx.lock();
+        let tx = match &*guard {
+            Some(tx) => tx,
+            None if self.opts.read_only => return Err(StoreError::ReadOnly),
+            None => return Err(StoreError::Closed),
+        };
+        tx.send(cmd).map_err(|_| StoreError::Closed)
+    }
+
+    pub fn append(&self, class: ClassId, rec: Record) -> Result<CommitTicket> {
+        let c = self.class(class)?;
+        if self.opts.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let size = rec.logical_size();
+        if size > self.opts.commit_max_bytes.max(1 << 16) {
+            return Err(StoreError::TooLarge {
+                size,
+                max: self.opts.commit_max_bytes.max(1 << 16),
+            });
+        }
+        // Fast refusals from the writer's last measurements; the writer re-checks exactly.
+        if !self.headroom_ok.load(Ordering::Relaxed) {
+            // Only while refusing: look again, so ingest resumes as soon as space returns.
+            let free = self.opts.free_space.available().unwrap_or(u64::MAX);
+            if free < self.opts.min_free_bytes {
+                c.refused_headroom.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Headroom {
+                    free,
+                    min: self.opts.min_free_bytes,
+                });
+            }
+            self.headroom_ok.store(true, Ordering::Relaxed);
+        }
+        let disk = c.disk_bytes.load(Ordering::Relaxed);
+        if c.opts.overflow == Overflow::Reject && disk + (size as u64) > c.opts.max_bytes {
+            c.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::ClassFull {
+                class: c.name.clone(),
+                disk_bytes: disk,
+                max_bytes: c.opts.max_bytes,
+            });
+        }
+        let (done, rx) = oneshot::channel();
+        self.send(Cmd::Append {
+            class,
+            rec,
+            size,
+            done,
+        })?;
+        Ok(CommitTicket(rx))
+    }
+
+    pub fn reader(&self, class: ClassId, from_seq: u64) -> Result<Reader> {
+        Ok(Reader::new(self.class(class)?.clone(), from_seq))
+    }
+
+    pub fn committed(&self, class: ClassId) -> u64 {
+        self.classes
+            .get(class)
+            .map_or(0, |c| *c.committed_tx.borrow())
+    }
+
+    pub fn subscribe(&self, class: ClassId) -> watch::Receiver<u64> {
+        match self.classes.get(class) {
+            Some(c) => c.committed_tx.subscribe(),
+            None => watch::channel(0).1,
+        }
+    }
+
+    pub fn ack(&self, class: ClassId, pos: Position) -> Result<()> {
+        let c = self.class(class)?;
+        if c.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let committed = *c.committed_tx.borrow();
+        if pos.seq > committed {
+            return Err(StoreError::Corrupt {
+                path: c.dir.clone(),
+                offset: 0,
+                what: format!(
+                    "ack of seq {} beyond the committed end {committed}",
+                    pos.seq
+                ),
+            });
+        }
+        c.update_state(|st| {
+            if pos.seq <= st.acked.seq {
+                return false;
+            }
+            st.acked = pos;
+            true
+        })?;
+        // Free sealed segments that are fully acknowledged.
+        loop {
+            let front_done = {
+                let inner = c.inner.lock();
+                inner.segments.len() > 1
+                    && inner
+                        .segments
+                        .front()
+                        .is_some_and(|s| s.end_seq <= inner.state.acked.seq + 1)
+            };
+            if !front_done || c.drop_front(None)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn acked(&self, class: ClassId) -> Position {
+        self.classes
+            .get(class)
+            .map_or_else(Position::default, |c| c.inner.lock().state.acked)
+    }
+
+    pub fn stats(&self) -> Vec<ClassStats> {
+        self.classes
+            .iter()
+            .map(|c| {
+                let (mut st, start) = {
+                    let inner = c.inner.lock();
+                    let acked = inner.state.acked;
+                    let (mut records, mut logical) = (0, 0);
+                    for s in &inner.segments {
+                        let (r, l) = s.unacked(&acked);
+                        records += r;
+                        logical += l;
+                    }
+                    let first = inner.segments.front().map_or(1, |s| s.first_seq);
+                    let start = (acked.seq + 1).max(first);
+                    let end = inner.end_seq();
+                    let newest_ts = inner
+                        .segments
+                        .iter()
+                        .rev()
+                        .find(|s| s.records > 0)
+                        .map(|s| s.max_ts);
+                    let mut dropped = inner.state.dropped.clone();
+                    dropped.corrupt += c.corrupt_skipped.load(Ordering::Relaxed);
+                    (
+                        ClassStats {
+                            name: c.name.clone(),
+                            records,
+                            logical_bytes: logical,
+                            disk_bytes: inner.segments.iter().map(|s| s.len).sum(),
+                            segments: inner.segments.len() as u64,
+                            oldest_seq: (records > 0).then_some(start),
+                            oldest_ts_ms: None,
+                            newest_seq: end - 1,
+                            newest_ts_ms: newest_ts,
+                            acked,
+                            dropped,
+                            refused_full: c.refused_full.load(Ordering::Relaxed),
+                            refused_headroom: c.refused_headroom.load(Ordering::Relaxed),
+                        },
+                        start,
+                    )
+                };
+                if st.records > 0 {
+                    let mut r = Reader::new(c.clone(), start);
+                    if let Ok(batch) = r.read_batch(1, 1) {
+                        if let Some(first) = batch.first() {
+                            st.oldest_seq = Some(first.seq);
+                            st.oldest_ts_ms = Some(first.record.timestamp_ms);
+                        }
+                    }
+                }
+                st
+            })
+            .collect()
+    }
+
+    fn request<T>(&self, make: impl FnOnce(mpsc::Sender<Result<T>>) -> Cmd) -> Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.send(make(tx))?;
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<()> {
+        self.request(|done| Cmd::Retention { now_ms, done })
+    }
+
+    pub fn purge(&self, class: ClassId, older_than_ms: Option<u64>) -> Result<(u64, u64)> {
+        self.class(class)?;
+        self.request(|done| Cmd::Purge {
+            class,
+            older_than_ms,
+            done,
+        })
+    }
+
+    pub fn close(&self) -> Result<()> {
+        let res = if self.tx.lock().is_some() {
+            self.request(|done| Cmd::Close { done })
+        } else {
+            Ok(())
+        };
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+        res
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Dropping the sender ends the writer after it commits what is queued.
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn empty_meta(path: &Path, first_seq: u64, logical_start: u64) -> SegmentMeta {
+    SegmentMeta {
+        path: path.to_path_buf(),
+        first_seq,
+        end_seq: first_seq,
+        logical_start,
+        logical_end: logical_start,
+        len: SEGMENT_HEADER_LEN as u64,
+        max_ts: 0,
+        records: 0,
+        logical_bytes: 0,
+    }
+}
+
+struct Pending {
+    rec: Record,
+    done: oneshot::Sender<Result<u64>>,
+}
+
+struct Writer {
+    opts: StoreOptions,
+    classes: Vec<Arc<ClassShared>>,
+    actives: Vec<Option<ActiveSegment>>,
+    headroom_ok: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Cmd>,
+    cctx: Option<zstd::bulk::Compressor<'static>>,
+    body: Vec<u8>,
+    frame: Vec<u8>,
+    last_retention: Instant,
+}
+
+/// One frame of a group commit, between write and fdatasync.
+struct FrameWritten {
+    header: FrameHeader,
+    /// Offset just past the frame in its segment.
+    end_offset: u64,
+    /// Already fdatasync'd (its segment was sealed by a roll within this commit).
+    synced: bool,
+    tickets: Vec<oneshot::Sender<Result<u64>>>,
+}
+
+impl Writer {
+    fn run(&mut self) {
+        let tick = std::time::Duration::from_secs(1);
+        loop {
+            let first = match self.rx.recv_timeout(tick) {
+                Ok(c) => c,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.periodic();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch: Vec<Vec<Pending>> =
+                (0..self.classes.len()).map(|_| Vec::new()).collect();
+            let mut bytes = 0usize;
+            let mut control = None;
+            let deadline = Instant::now() + self.opts.commit_max_delay;
+            let mut next = Some(first);
+            let mut disconnected = false;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Append {
+                        class,
+                        rec,
+                        size,
+                        done,
+                    } => {
+                        bytes += size;
+                        batch[class].push(Pending { rec, done });
+                    }
+                    other => {
+                        control = Some(other);
+                        break;
+                    }
+                }
+                if bytes >= self.opts.commit_max_bytes {
+                    break;
+                }
+                next = match self.rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        None
+                    }
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            None
+                        } else {
+                            match self.rx.recv_timeout(deadline - now) {
+                                Ok(c) => Some(c),
+                                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                    disconnected = true;
+                                    None
+                                }
+                            }
+                        }
+                    }
+                };
+            }
+            self.commit(batch);
+            if let Some(c) = control {
+                if self.control(c) {
+                    return;
+                }
+            }
+            if disconnected {
+                return;
+            }
+            if self.last_retention.elapsed() >= tick {
+                self.periodic();
+            }
+        }
+    }
+
+    /// Returns true when the writer must stop.
+    fn control(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Append { .. } => false,
+            Cmd::Purge {
+                class,
+                older_than_ms,
+                done,
+            } => {
+                let _ = done.send(self.purge(class, older_than_ms, DropReason::Purge));
+                false
+            }
+            Cmd::Retention { now_ms, done } => {
+                let _ = done.send(self.retention(now_ms));
+                false
+            }
+            Cmd::Close { done } => {
+                // Anything still queued behind Close is committed before stopping.
+                let mut batch: Vec<Vec<Pending>> =
+                    (0..self.classes.len()).map(|_| Vec::new()).collect();
+                while let Ok(cmd) = self.rx.try_recv() {
+                    if let Cmd::Append {
+                        class, rec, done, ..
+                    } = cmd
+                    {
+                        batch[class].push(Pending { rec, done });
+                    }
+                }
+                self.commit(batch);
+                let _ = done.send(Ok(()));
+                true
+            }
+        }
+    }
+
+    fn periodic(&mut self) {
+        self.last_retention = Instant::now();
+        self.refresh_headroom();
+        if let Err(e) = self.retention(now_ms()) {
+            tracing::error!(error = %e, "retention pass failed; will retry");
+        }
+    }
+
+    fn refresh_headroom(&self) -> (bool, u64) {
+        let free = match self.opts.free_space.available() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read free disk space; assuming enough");
+                u64::MAX
+            }
+        };
+        let ok = free >= self.opts.min_free_bytes;
+        self.headroom_ok.store(ok, Ordering::Relaxed);
+        (ok, free)
+    }
+
+    fn commit(&mut self, batch: Vec<Vec<Pending>>) {
+        if batch.iter().all(|b| b.is_empty()) {
+            return;
+        }
+        let (ok, free) = self.refresh_headroom();
+        let total: usize = batch.iter().flatten().map(|p| p.rec.logical_size()).sum();
+        if !ok || free < self.opts.min_free_bytes.saturating_add(total as u64) {
+            for (class, pend) in batch.into_iter().enumerate() {
+                self.classes[class]
+                    .refused_headroom
+                    .fetch_add(pend.len() as u64, Ordering::Relaxed);
+                for p in pend {
+                    let _ = p.done.send(Err(StoreError::Headroom {
+                        free,
+                        min: self.opts.min_free_bytes,
+                    }));
+                }
+            }
+            return;
+        }
+        for (class, pend) in batch.into_iter().enumerate() {
+            if !pend.is_empty() {
+                self.commit_class(class, pend);
+            }
+        }
+    }
+
+    /// Writes `pend` as one or more frames (each at most `frame_limit` raw bytes), fdatasyncs,
+    /// publishes the new end and completes the tickets.
+    fn commit_class(&mut self, class: ClassId, pend: Vec<Pending>) {
+        let c = self.classes[class].clone();
+        let frame_limit = self
+            .opts
+            .commit_max_bytes
+            .min((self.opts.segment_bytes / 2) as usize)
+            .max(1);
+        let mut frames: Vec<FrameWritten> = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        let mut failed: Option<StoreError> = None;
+        let mut iter = pend.into_iter().peekable();
+        while let Some(p) = iter.next() {
+            chunk_bytes += p.rec.logical_size();
+            chunk.push(p);
+            let full = iter
+                .peek()
+                .is_none_or(|n| chunk_bytes + n.rec.logical_size() > frame_limit);
+            if !full {
+                continue;
+            }
+            let this = std::mem::take(&mut chunk);
+            chunk_bytes = 0;
+            if let Some(e) = &failed {
+                fail_all(this.into_iter().map(|p| p.done).collect(), e);
+                continue;
+            }
+            match self.write_frame(class, this, &mut frames) {
+                Ok(f) => frames.push(f),
+                Err((e, tickets)) => {
+                    fail_all(tickets, &e);
+                    // Later records must not be written after a gap in this batch.
+                    failed = Some(e);
+                }
+            }
+        }
+        if frames.is_empty() {
+            return;
+        }
+        let sync_res = match self.actives[class].as_mut() {
+            Some(a) => a.sync(),
+            None => Err(StoreError::Closed),
+        };
+        if let Err(e) = &sync_res {
+            tracing::error!(class = %c.name, error = %e, "commit failed; appends refused with an I/O error");
+        }
+        let active_len = self.actives[class].as_ref().map_or(0, |a| a.len);
+        let mut completed = Vec::new();
+        {
+            let mut inner = c.inner.lock();
+            for f in frames {
+                if !f.synced && sync_res.is_err() {
+                    if let Err(e) = &sync_res {
+                        fail_all(f.tickets, e);
+                    }
+                    continue;
+                }
+                let Some(seg) = inner
+                    .segments
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.first_seq <= f.header.first_seq)
+                else {
+                    fail_all(f.tickets, &StoreError::Closed);
+                    continue;
+                };
+                seg.end_seq = f.header.end_seq();
+                seg.logical_end = f.header.logical_start + f.header.raw_len as u64;
+                seg.max_ts = seg.max_ts.max(f.header.max_ts);
+                seg.records += f.header.count as u64;
+                seg.logical_bytes += f.header.raw_len as u64;
+                seg.len = if f.synced { f.end_offset } else { active_len };
+                c.disk_bytes
+                    .fetch_add(f.header.frame_len(), Ordering::Relaxed);
+                completed.push(f);
+            }
+            let end = inner.end_seq();
+            c.committed_tx.send_replace(end - 1);
+        }
+        for f in completed {
+            for (i, t) in f.tickets.into_iter().enumerate() {
+                let _ = t.send(Ok(f.header.first_seq + i as u64));
+            }
+        }
+    }
+
+    /// Encodes `pend` as one frame and writes it to the active segment (rolling first when
+    /// it would not fit). Errors hand the tickets back for failing.
+    #[allow(clippy::type_complexity)]
+    fn write_frame(
+        &mut self,
+        class: ClassId,
+        pend: Vec<Pending>,
+        earlier: &mut [FrameWritten],
+    ) -> std::result::Result<FrameWritten, (StoreError, Vec<oneshot::Sender<Result<u64>>>)> {
+        let c = self.classes[class].clone();
+        // Sequence and logical offset continue after the frames already written in this commit.
+        let (first_seq, logical_start) = match earlier.last() {
+            Some(f) => (
+                f.header.end_seq(),
+                f.header.logical_start + f.header.raw_len as u64,
+            ),
+            None => {
+                let inner = c.inner.lock();
+                (inner.end_seq(), inner.logical_end())
+            }
+        };
+        self.body.clear();
+        let mut max_ts = 0;
+        let mut tickets = Vec::with_capacity(pend.len());
+        for p in pend {
+            p.rec.encode(&mut self.body);
+            max_ts = max_ts.max(p.rec.timestamp_ms);
+            tickets.push(p.done);
+        }
+        let raw_len = self.body.len();
+        let count = tickets.len() as u32;
+        self.frame.clear();
+        let level = self.opts.compression_level;
+        let mut compressed = false;
+        if level > 0 && raw_len >= self.opts.compress_min_bytes {
+            if self.cctx.is_none() {
+                self.cctx = zstd::bulk::Compressor::new(level).ok();
+            }
+            if let Some(cctx) = self.cctx.as_mut() {
+                if let Ok(z) = cctx.compress(&self.body) {
+                    if z.len() < raw_len {
+                        encode_frame(
+                            &mut self.frame,
+                            CODEC_ZSTD,
+                            first_seq,
+                            count,
+                            raw_len as u32,
+                            logical_start,
+                            max_ts,
+                            &z,
+                        );
+                        compressed = true;
+                    }
+                }
+            }
+        }
+        if !compressed {
+            encode_frame(
+                &mut self.frame,
+                CODEC_RAW,
+                first_seq,
+                count,
+                raw_len as u32,
+                logical_start,
+                max_ts,
+                &self.body,
+            );
+        }
+        let frame_len = self.frame.len() as u64;
+        let header = match FrameHeader::decode(&self.frame) {
+            Ok(h) => h,
+            Err(e) => {
+                let e = StoreError::Corrupt {
+                    path: c.dir.clone(),
+                    offset: 0,
+                    what: e,
+                };
+                return Err((e, tickets));
+            }
+        };
+        let active_used = |w: &Writer| {
+            let a = w.actives[class].as_ref();
+            let has = a.is_some_and(|a| a.len + a.pending > SEGMENT_HEADER_LEN as u64)
+                || c.inner
+                    .lock()
+                    .segments
+                    .back()
+                    .is_some_and(|s| s.records > 0);
+            (has, a.map_or(0, |a| a.len + a.pending))
+        };
+        let (has, used) = active_used(self);
+        let needs_roll = has && used + frame_len > self.opts.segment_bytes;
+        let needed = frame_len
+            + if needs_roll {
+                SEGMENT_HEADER_LEN as u64
+            } else {
+                0
+            };
+
+        // max_bytes: the class's files (including what this commit already wrote) stay
+        // within the cap after this write.
+        let pending_bytes: u64 = earlier
+            .iter()
+            .filter(|f| !f.synced)
+            .map(|f| f.header.frame_len())
+            .sum();
+        let disk = c.disk_bytes.load(Ordering::Relaxed) + pending_bytes;
+        if disk + needed > c.opts.max_bytes {
+            match c.opts.overflow {
+                Overflow::Reject => {
+                    c.refused_full
+                        .fetch_add(tickets.len() as u64, Ordering::Relaxed);
+                    let e = StoreError::ClassFull {
+                        class: c.name.clone(),
+                        disk_bytes: disk,
+                        max_bytes: c.opts.max_bytes,
+                    };
+                    return Err((e, tickets));
+                }
+                Overflow::DropOldest => {
+                    if let Err(e) = self.make_room(class, needed + pending_bytes, earlier) {
+                        return Err((e, tickets));
+                    }
+                }
+            }
+        }
+        let (has, used) = active_used(self);
+        if has && used + frame_len > self.opts.segment_bytes {
+            if let Err(e) = self.roll(class, earlier) {
+                return Err((e, tickets));
+            }
+        }
+        let Some(active) = self.actives[class].as_mut() else {
+            return Err((StoreError::Closed, tickets));
+        };
+        if let Err(e) = active.append(&self.frame) {
+            tracing::error!(class = %c.name, error = %e, "segment write failed");
+            return Err((e, tickets));
+        }
+        Ok(FrameWritten {
+            header,
+            end_offset: active.len + active.pending,
+            synced: false,
+            tickets,
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the class's end.
+    /// Frames of this commit already written to the old segment are synced first, so a
+    /// segment is complete on disk before the next one exists.
+    fn roll(&mut self, class: ClassId, earlier: &mut [FrameWritten]) -> Result<()> {
+        let c = self.classes[class].clone();
+        if let Some(a) = self.actives[class].as_mut() {
+            a.sync()?;
+        }
+        for f in earlier.iter_mut() {
+            f.synced = true;
+        }
+        let (first, logical) = match earlier.last() {
+            Some(f) => (
+                f.header.end_seq(),
+                f.header.logical_start + f.header.raw_len as u64,
+            ),
+            None => {
+                let inner = c.inner.lock();
+                (inner.end_seq(), inner.logical_end())
+            }
+        };
+        let a = ActiveSegment::create(&c.dir, first, logical)?;
+        let meta = empty_meta(&a.path, first, logical);
+        c.disk_bytes.fetch_add(a.len, Ordering::Relaxed);
+        c.inner.lock().segments.push_back(meta);
+        self.actives[class] = Some(a);
+        Ok(())
+    }
+
+    /// drop_oldest: deletes oldest segments until `needed` more bytes fit under max_bytes.
+    fn make_room(
+        &mut self,
+        class: ClassId,
+        needed: u64,
+        earlier: &mut [FrameWritten],
+    ) -> Result<()> {
+        let c = self.classes[class].clone();
+        while c.disk_bytes.load(Ordering::Relaxed) + needed > c.opts.max_bytes {
+            let n = c.inner.lock().segments.len();
+            if n < 2 {
+                let has = c
+                    .inner
+                    .lock()
+                    .segments
+                    .back()
+                    .is_some_and(|s| s.records > 0);
+                if !has {
+                    // An empty active segment and still no room: the cap is below one frame.
+                    return Err(StoreError::ClassFull {
+                        class: c.name.clone(),
+                        disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
+                        max_bytes: c.opts.max_bytes,
+                    });
+                }
+                self.roll(class, earlier)?;
+            }
+            c.drop_front(Some(DropReason::MaxBytes))?;
+        }
+        Ok(())
+    }
+
+    /// Drops whole segments whose newest record is older than the cutoff (or all, for
+    /// `older_than_ms = None`). Returns (records dropped, bytes freed).
+    fn purge(
+        &mut self,
+        class: ClassId,
+        older_than_ms: Option<u64>,
+        reason: DropReason,
+    ) -> Result<(u64, u64)> {
+        let c = self.classes[class].clone();
+        let (mut records, mut bytes) = (0, 0);
+        loop {
+            let (n, front_old, back_old) = {
+                let inner = c.inner.lock();
+                let old =
+                    |s: &SegmentMeta| s.records > 0 && older_than_ms.is_none_or(|t| s.max_ts < t);
+                let n = inner.segments.len();
+                (
+                    n,
+                    inner
+                        .segments
+                        .front()
+                        .is_some_and(|s| old(s) || (n > 1 && s.records == 0)),
+                    inner.segments.back().is_some_and(old),
+                )
+            };
+            if !front_old {
+                break;
+            }
+            if n < 2 {
+                if !back_old {
+                    break;
+                }
+                self.roll(class, &mut [])?;
+            }
+            match c.drop_front(Some(reason))? {
+                Some((r, b)) => {
+                    records += r;
+                    bytes += b;
+                }
+                None => break,
+            }
+        }
+        if records > 0 {
+            tracing::warn!(class = %c.name, reason = reason.as_str(), records, bytes, "dropped records");
+        }
+        Ok((records, bytes))
+    }
+
+    fn retention(&mut self, now_ms: u64) -> Result<()> {
+        for class in 0..self.classes.len() {
+            if let Some(age) = self.classes[class].opts.max_age {
+                let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
+                self.purge(class, Some(cutoff), DropReason::MaxAge)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fail_all(tickets: Vec<oneshot::Sender<Result<u64>>>, e: &StoreError) {
+    for t in tickets {
+        let _ = t.send(Err(clone_err(e)));
+    }
+}
+
+/// StoreError holds an io::Error, which is not Clone; rebuild an equivalent value.
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::ClassFull {
+            class,
+            disk_bytes,
+            max_bytes,
+        } => StoreError::ClassFull {
+            class: class.clone(),
+            disk_bytes: *disk_bytes,
+            max_bytes: *max_bytes,
+        },
+        StoreError::Headroom { free, min } => StoreError::Headroom {
+            free: *free,
+            min: *min,
+        },
+        StoreError::TooLarge { size, max } => StoreError::TooLarge {
+            size: *size,
+            max: *max,
+        },
+        StoreError::UnknownClass(s) => StoreError::UnknownClass(s.clone()),
+        StoreError::ReadOnly => StoreError::ReadOnly,
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Io { op, path, source } => StoreError::Io {
+            op,
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StoreError::Corrupt { path, offset, what } => StoreError::Corrupt {
+            path: path.clone(),
+            offset: *offset,
+            what: what.clone(),
+        },
+        StoreError::Locked { path, holder } => StoreError::Locked {
+            path: path.clone(),
+            holder: holder.clone(),
+        },
+    }
 }

@@ -36,6 +36,7 @@ mod recovery;
 mod segment;
 mod space;
 
+pub(crate) use commit::now_ms;
 pub use commit::CommitTicket;
 pub use reader::Reader;
 pub use record::{Record, StoredRecord};
@@ -249,7 +250,10 @@ impl StoreError {
     }
     /// True for refusals that are backpressure (retry later), not failures.
     pub fn is_backpressure(&self) -> bool {
-        matches!(self, StoreError::ClassFull { .. } | StoreError::Headroom { .. })
+        matches!(
+            self,
+            StoreError::ClassFull { .. } | StoreError::Headroom { .. }
+        )
     }
 }
 

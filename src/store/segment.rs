@@ -1,1 +1,400 @@
-//! in progress
+//! Segment files: scanning (recovery and inspection), the in-memory summary, and the active
+//! segment the writer appends to.
+
+use super::format::*;
+use super::{Result, StoreError};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// What the store keeps in memory per segment (never per record).
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentMeta {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    /// Sequence after the last durable record in the segment (`first_seq` when empty).
+    pub end_seq: u64,
+    pub logical_start: u64,
+    pub logical_end: u64,
+    /// Durable length in bytes: readers never read past it.
+    pub len: u64,
+    /// Newest receive timestamp in the segment (0 when empty).
+    pub max_ts: u64,
+    /// Records actually present (fewer than `end_seq - first_seq` only when a quarantine
+    /// rewrite left a gap).
+    pub records: u64,
+    /// Uncompressed encoded bytes of the records present.
+    pub logical_bytes: u64,
+}
+
+impl SegmentMeta {
+    /// Records and logical bytes in this segment after the acknowledged position `acked`.
+    /// Exact unless a corruption gap lies inside the acknowledged part of the segment.
+    pub fn unacked(&self, acked: &super::Position) -> (u64, u64) {
+        if acked.seq < self.first_seq {
+            return (self.records, self.logical_bytes);
+        }
+        if acked.seq + 1 >= self.end_seq {
+            return (0, 0);
+        }
+        let r = self.records.saturating_sub(acked.seq + 1 - self.first_seq);
+        let l = self
+            .logical_bytes
+            .saturating_sub(acked.logical_end.saturating_sub(self.logical_start));
+        (r, l)
+    }
+
+    fn add_frame(&mut self, h: &FrameHeader) {
+        self.end_seq = h.end_seq();
+        self.logical_end = h.logical_start + h.raw_len as u64;
+        self.max_ts = self.max_ts.max(h.max_ts);
+        self.records += h.count as u64;
+        self.logical_bytes += h.raw_len as u64;
+    }
+}
+
+/// A span of a segment that failed its checks.
+#[derive(Debug, Clone)]
+pub(crate) struct Damage {
+    pub offset: u64,
+    pub what: String,
+}
+
+/// The outcome of reading a segment file from start to end.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub meta: SegmentMeta,
+    /// The header itself was unreadable; `first_seq` came from the file name.
+    pub bad_header: bool,
+    /// Damaged spans followed by valid frames (the segment needs quarantine).
+    pub damage: Vec<Damage>,
+    /// Records lost inside damaged spans (known from the next valid frame).
+    pub lost_records: u64,
+    /// Offset where valid data ends with nothing valid after it (a torn or damaged tail).
+    pub tail_at: Option<u64>,
+    pub file_len: u64,
+}
+
+/// Reads `path` frame by frame, checking every CRC. `name_seq` is the first sequence from the
+/// file name, used when the header itself is damaged. Reads sequentially through a buffer; only
+/// after damage is the rest of the file read into memory (bounded by the segment size) to look
+/// for the next valid frame.
+pub(crate) fn scan(path: &Path, name_seq: u64) -> Result<Scan> {
+    let file = File::open(path).map_err(|e| StoreError::io("open segment", path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| StoreError::io("stat segment", path, e))?
+        .len();
+    let mut rd = BufReader::with_capacity(1 << 20, file);
+    let mut hb = [0u8; SEGMENT_HEADER_LEN];
+    let mut bad_header = false;
+    let header = if file_len >= SEGMENT_HEADER_LEN as u64 {
+        rd.read_exact(&mut hb)
+            .map_err(|e| StoreError::io("read segment header", path, e))?;
+        match SegmentHeader::decode(&hb) {
+            Ok(h) if h.first_seq == name_seq => Some(h),
+            _ => {
+                bad_header = true;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut meta = SegmentMeta {
+        path: path.to_path_buf(),
+        first_seq: header.map_or(name_seq, |h| h.first_seq),
+        end_seq: header.map_or(name_seq, |h| h.first_seq),
+        logical_start: header.map_or(0, |h| h.logical_start),
+        logical_end: header.map_or(0, |h| h.logical_start),
+        len: SEGMENT_HEADER_LEN as u64,
+        max_ts: 0,
+        records: 0,
+        logical_bytes: 0,
+    };
+    let mut out = Scan {
+        meta: meta.clone(),
+        bad_header,
+        damage: Vec::new(),
+        lost_records: 0,
+        tail_at: None,
+        file_len,
+    };
+    if file_len < SEGMENT_HEADER_LEN as u64 {
+        out.meta.len = 0;
+        out.tail_at = Some(0);
+        return Ok(out);
+    }
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut fh = [0u8; FRAME_HEADER_LEN];
+    let mut body = Vec::new();
+    // A damaged header loses the logical offset; take it from the first valid frame.
+    let mut logical_known = header.is_some();
+    loop {
+        if pos == file_len {
+            break;
+        }
+        let res = read_frame(&mut rd, pos, file_len, &mut fh, &mut body)
+            .map_err(|e| StoreError::io("read segment", path, e))?;
+        let ok = match res {
+            // A forward gap in a frame that checks is a hole left by an earlier quarantine.
+            Ok(h)
+                if h.first_seq >= meta.end_seq
+                    && (!logical_known || h.logical_start >= meta.logical_end) =>
+            {
+                Some(h)
+            }
+            Ok(h) => {
+                out.damage.push(Damage {
+                    offset: pos,
+                    what: format!(
+                        "frame holds seq {} (logical {}), expected {} ({})",
+                        h.first_seq, h.logical_start, meta.end_seq, meta.logical_end
+                    ),
+                });
+                None
+            }
+            Err(what) => {
+                out.damage.push(Damage { offset: pos, what });
+                None
+            }
+        };
+        match ok {
+            Some(h) => {
+                if !logical_known {
+                    meta.logical_start = h.logical_start;
+                    logical_known = true;
+                }
+                meta.add_frame(&h);
+                pos += h.frame_len();
+                meta.len = pos;
+            }
+            None => {
+                // Look for the next valid frame after the damage.
+                let mut rest = Vec::new();
+                let file = rd.get_mut();
+                file.seek(SeekFrom::Start(pos))
+                    .and_then(|_| file.read_to_end(&mut rest))
+                    .map_err(|e| StoreError::io("read segment", path, e))?;
+                match resync(&rest, 1, meta.end_seq) {
+                    Some((off, h)) => {
+                        out.lost_records += h.first_seq - meta.end_seq;
+                        if !logical_known {
+                            meta.logical_start = h.logical_start;
+                            logical_known = true;
+                        }
+                        pos += off as u64;
+                        meta.end_seq = h.first_seq;
+                        meta.logical_end = h.logical_start;
+                        rd.get_mut()
+                            .seek(SeekFrom::Start(pos))
+                            .map_err(|e| StoreError::io("seek segment", path, e))?;
+                        rd = BufReader::with_capacity(1 << 20, rd.into_inner());
+                    }
+                    None => {
+                        // Nothing valid follows: the damage is the tail.
+                        out.damage.pop();
+                        out.tail_at = Some(pos);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    out.meta = meta;
+    Ok(out)
+}
+
+/// Reads one frame at the reader's position. `Ok(Err(_))` is damage (not an I/O error);
+/// a frame cut short by end of file is damage too.
+fn read_frame(
+    rd: &mut BufReader<File>,
+    pos: u64,
+    file_len: u64,
+    fh: &mut [u8; FRAME_HEADER_LEN],
+    body: &mut Vec<u8>,
+) -> std::io::Result<Result<FrameHeader, String>> {
+    if file_len - pos < FRAME_HEADER_LEN as u64 {
+        return Ok(Err("truncated frame header".into()));
+    }
+    rd.read_exact(fh)?;
+    let h = match FrameHeader::decode(fh) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    if file_len - pos < h.frame_len() {
+        return Ok(Err("truncated frame body".into()));
+    }
+    body.resize(h.body_len as usize, 0);
+    rd.read_exact(body)?;
+    if !h.verify(fh, body) {
+        return Ok(Err("frame checksum mismatch".into()));
+    }
+    Ok(Ok(h))
+}
+
+/// Finds the first valid frame in `buf` at or after `from` whose first sequence is at least
+/// `min_seq`. Returns its offset in `buf`.
+pub(crate) fn resync(buf: &[u8], from: usize, min_seq: u64) -> Option<(usize, FrameHeader)> {
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut i = from;
+    while i + FRAME_HEADER_LEN <= buf.len() {
+        if buf[i..i + 4] == magic {
+            if let Ok(h) = FrameHeader::decode(&buf[i..]) {
+                let end = i + h.frame_len() as usize;
+                if end <= buf.len()
+                    && h.first_seq >= min_seq
+                    && h.verify(
+                        &buf[i..i + FRAME_HEADER_LEN],
+                        &buf[i + FRAME_HEADER_LEN..end],
+                    )
+                {
+                    return Some((i, h));
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Writes a fresh copy of a damaged segment holding only the frames that check, via a
+/// temporary file renamed over the original. Returns the new summary.
+pub(crate) fn rewrite_valid_frames(scan: &Scan) -> Result<SegmentMeta> {
+    let path = &scan.meta.path;
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| StoreError::io("read segment", path, e))?;
+    let header = SegmentHeader {
+        first_seq: scan.meta.first_seq,
+        logical_start: scan.meta.logical_start,
+    };
+    let mut out = header.encode().to_vec();
+    let mut meta = scan.meta.clone();
+    meta.end_seq = meta.first_seq;
+    meta.logical_end = meta.logical_start;
+    meta.max_ts = 0;
+    meta.records = 0;
+    meta.logical_bytes = 0;
+    let mut i = SEGMENT_HEADER_LEN.min(data.len());
+    let limit = scan
+        .tail_at
+        .map_or(data.len(), |t| t as usize)
+        .min(data.len());
+    while let Some((off, h)) = resync(&data[..limit], i, meta.end_seq) {
+        let end = off + h.frame_len() as usize;
+        out.extend_from_slice(&data[off..end]);
+        meta.add_frame(&h);
+        i = end;
+    }
+    meta.len = out.len() as u64;
+    let tmp = path.with_extension("seg.tmp");
+    write_file_durably(&tmp, &out)?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename segment", path, e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(meta)
+}
+
+pub(crate) fn write_file_durably(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| StoreError::io("create", path, e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::io("write", path, e))
+}
+
+/// fsync a directory so that file creations, renames and deletions in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+/// The segment the writer appends to. Owned by the writer thread only.
+pub(crate) struct ActiveSegment {
+    pub file: File,
+    pub path: PathBuf,
+    /// Bytes written and synced.
+    pub len: u64,
+    /// Bytes written since the last sync.
+    pub pending: u64,
+}
+
+impl ActiveSegment {
+    /// Creates a new segment file with its header, syncs it and its directory.
+    pub fn create(dir: &Path, first_seq: u64, logical_start: u64) -> Result<ActiveSegment> {
+        let path = dir.join(segment_file_name(first_seq));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create segment", &path, e))?;
+        let h = SegmentHeader {
+            first_seq,
+            logical_start,
+        };
+        file.write_all(&h.encode())
+            .and_then(|_| file.sync_data())
+            .map_err(|e| StoreError::io("write segment header", &path, e))?;
+        sync_dir(dir)?;
+        Ok(ActiveSegment {
+            file,
+            path,
+            len: SEGMENT_HEADER_LEN as u64,
+            pending: 0,
+        })
+    }
+
+    /// Reopens an existing segment for appending at `len` (recovery already cut the file there).
+    pub fn reopen(path: &Path, len: u64) -> Result<ActiveSegment> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io("open segment", path, e))?;
+        file.seek(SeekFrom::Start(len))
+            .map_err(|e| StoreError::io("seek segment", path, e))?;
+        Ok(ActiveSegment {
+            file,
+            path: path.to_path_buf(),
+            len,
+            pending: 0,
+        })
+    }
+
+    /// Appends `bytes` (whole frames). On failure the file is cut back to its last durable
+    /// length so a partial frame never sits before later good ones.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Err(e) = self.file.write_all(bytes) {
+            self.rewind();
+            return Err(StoreError::io("write segment", &self.path, e));
+        }
+        self.pending += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// fdatasync; on success the appended bytes become the durable length.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.rewind();
+            return Err(StoreError::io("fdatasync segment", &self.path, e));
+        }
+        self.len += self.pending;
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// Cuts the file back to its durable length after a failed write or sync.
+    fn rewind(&mut self) {
+        let _ = self.file.set_len(self.len);
+        let _ = self.file.seek(SeekFrom::Start(self.len));
+        self.pending = 0;
+    }
+}
