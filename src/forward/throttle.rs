@@ -15,7 +15,8 @@
 //! t.allowance(&now)                              // bytes sendable now without waiting: cut
 //!                                                 //   a batch to this (at least one record)
 //! t.current_rate() / t.tokens() / t.budget_left() // for status and metrics
-//! Throttles { global, classes }                   // the global bucket plus optional per-class ones
+//! Throttles { global, classes }                   // the global bucket plus optional per-class ones;
+//!                                                 //   check_detailed says which one waits
 //! "64KiB/s".parse::<Rate>(), parse_bytes("2GiB")  // config values (also serde)
 //! ```
 //!
@@ -525,6 +526,16 @@ fn next_profile_change(cfg: &ThrottleConfig, local: NaiveDateTime) -> Option<Nai
         .min()
 }
 
+/// Which bucket asked a send to wait, from [`Throttles::check_detailed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleWait {
+    /// How long to wait before re-checking.
+    pub wait: Duration,
+    /// True when the global bucket (or budget) is the one waiting: nothing can be sent. False
+    /// when only the class's own bucket is: other classes may still go meanwhile.
+    pub global: bool,
+}
+
 /// The global bucket plus optional per-class buckets; a send must pass both.
 #[derive(Debug, Clone)]
 pub struct Throttles {
@@ -551,6 +562,29 @@ impl Throttles {
             (Ok(()), Ok(())) => Ok(()),
             (Err(a), Err(b)) => Err(a.max(b)),
             (Err(w), Ok(())) | (Ok(()), Err(w)) => Err(w),
+        }
+    }
+
+    /// Like [`check`](Self::check), but says whether the wait holds all classes (global) or
+    /// only this one, so the forwarder can serve the next class instead of idling.
+    pub fn check_detailed(
+        &mut self,
+        class: usize,
+        bytes: u64,
+        now: &Now,
+    ) -> Result<(), ThrottleWait> {
+        let g = self.global.check(bytes, now);
+        let c = match self.classes.get_mut(class) {
+            Some(Some(t)) => t.check(bytes, now),
+            _ => Ok(()),
+        };
+        match (g, c) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(wait), _) => Err(ThrottleWait { wait, global: true }),
+            (Ok(()), Err(wait)) => Err(ThrottleWait {
+                wait,
+                global: false,
+            }),
         }
     }
 
@@ -912,6 +946,24 @@ mod tests {
         assert!(ts.check(0, 1, &now).is_err());
         // Unknown classes have no own bucket.
         assert!(ts.check(7, 1, &now).is_err());
+        assert!(ts.check_detailed(7, 1, &now).unwrap_err().global);
+        // Detailed: class 1's own bucket holds only class 1.
+        let clock = ManualClock::at(2026, 11, 16, 12, 0, 0);
+        let now = clock.now();
+        let mut ts = Throttles::new(
+            Throttle::unlimited(&now),
+            vec![
+                None,
+                Some(Throttle::new(
+                    ThrottleConfig::rate(Rate::BytesPerSec(KIB)),
+                    &now,
+                )),
+            ],
+        );
+        ts.take(1, KIB, &now).unwrap();
+        let w = ts.check_detailed(1, KIB, &now).unwrap_err();
+        assert!(!w.global && w.wait > Duration::from_millis(900), "{w:?}");
+        ts.check_detailed(0, MIB, &now).unwrap();
     }
 
     #[test]
