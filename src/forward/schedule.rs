@@ -57,7 +57,7 @@ pub struct ClassPolicy {
     /// Class name, for messages.
     pub name: String,
     /// Higher is served first.
-    pub priority: i32,
+    pub priority: u32,
     /// Fraction of the link's bytes (0.0..=1.0) guaranteed while the class is backlogged.
     pub min_share: f64,
 }
@@ -256,7 +256,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn pol(name: &str, priority: i32, min_share: f64) -> ClassPolicy {
+    fn pol(name: &str, priority: u32, min_share: f64) -> ClassPolicy {
         ClassPolicy {
             name: name.into(),
             priority,
@@ -550,7 +550,7 @@ mod tests {
     }
 
     fn policies() -> impl Strategy<Value = Vec<ClassPolicy>> {
-        proptest::collection::vec((-3i32..3, 0.0f64..1.0), 1..6).prop_map(|v| {
+        proptest::collection::vec((0u32..6, 0.0f64..1.0), 1..6).prop_map(|v| {
             let sum: f64 = v.iter().map(|x| x.1).sum();
             let scale = if sum > 1.0 { 1.0 / sum } else { 1.0 };
             v.into_iter()

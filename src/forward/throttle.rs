@@ -99,6 +99,11 @@ pub enum Rate {
 }
 
 impl Rate {
+    /// From bytes per second, `None` meaning unlimited (as config's `ByteRate` gives it).
+    pub fn from_bytes_per_sec(b: Option<u64>) -> Rate {
+        b.map_or(Rate::Unlimited, Rate::BytesPerSec)
+    }
+
     /// Bytes per second, `None` when unlimited.
     pub fn bytes_per_sec(self) -> Option<u64> {
         match self {
@@ -245,10 +250,24 @@ impl<'de> serde::Deserialize<'de> for Rate {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateProfile {
-    /// When this profile applies, e.g. `"Mon-Fri 06:00-22:00"`.
+    /// When this profile applies, e.g. `"Mon-Fri 06:00-22:00"` (`when` in config files).
+    #[serde(alias = "when")]
     pub schedule: Schedule,
     /// The rate while it applies.
     pub rate: Rate,
+}
+
+impl RateProfile {
+    /// A profile from a schedule string and a rate.
+    pub fn parse(
+        when: &str,
+        rate: Rate,
+    ) -> Result<RateProfile, crate::forward::window::ScheduleError> {
+        Ok(RateProfile {
+            schedule: Schedule::parse(when)?,
+            rate,
+        })
+    }
 }
 
 /// Settings of one bucket.
@@ -1037,13 +1056,20 @@ mod tests {
             r#"
             rate = "64KiB/s"
             other = 1000
-            profiles = [{ schedule = "Mon-Fri 06:00-22:00", rate = "unlimited" }]
+            profiles = [{ schedule = "Mon-Fri 06:00-22:00", rate = "unlimited" },
+                        { when = "Sat,Sun", rate = "1MiB/s" }]
             "#,
         )
         .unwrap();
         assert_eq!(c.rate, Rate::BytesPerSec(65_536));
         assert_eq!(c.other, Rate::BytesPerSec(1000));
         assert_eq!(c.profiles[0].rate, Rate::Unlimited);
+        assert_eq!(
+            c.profiles[1],
+            RateProfile::parse("Sat,Sun", Rate::from_bytes_per_sec(Some(MIB))).unwrap()
+        );
+        assert_eq!(Rate::from_bytes_per_sec(None), Rate::Unlimited);
+        assert!(RateProfile::parse("Sat-", Rate::Unlimited).is_err());
         let e = toml::from_str::<C>("rate = -1\nother = 1\nprofiles = []")
             .err()
             .unwrap()
