@@ -12,7 +12,7 @@
 //!     }
 //! }
 //! t.take(bytes, &now)                             // check + record_sent in one step
-//! t.allowance(&now)                              // bytes sendable now without waiting: cut
+//! t.allowance(&now)                               // bytes sendable now without waiting: cut
 //!                                                 //   a batch to this (at least one record)
 //! t.current_rate() / t.tokens() / t.budget_left() // for status and metrics
 //! Throttles { global, classes }                   // the global bucket plus optional per-class ones;
@@ -27,9 +27,10 @@
 //! tokens, and then charges the full size, so the bucket may go negative: a batch or record
 //! larger than the burst is never stuck (a full bucket always lets it go), it is paid for
 //! afterwards by waiting. That is why the capacity need not cover a maximum batch, and why a
-//! small burst keeps the average exact even with batches of several seconds of rate. Charging happens on the bytes actually handed to the
-//! producer ([`Throttle::record_sent`]), so a partly accepted batch is charged for what went.
-//! Over any long interval the bytes sent are `rate x time + capacity` at most.
+//! small burst keeps the average exact even with batches of several seconds of rate.
+//! Charging happens on the bytes actually handed to the producer ([`Throttle::record_sent`]),
+//! so a partly accepted batch is charged for what went. Over any interval the bytes sent are
+//! at most `rate x time + capacity + the last batch` (which may overdraw).
 //!
 //! ```text
 //!  tokens
