@@ -38,6 +38,13 @@ fn main() {
     };
 
     let clock = SystemClock::local();
+    // The forwarder reads the clock (chrono's Local zone included) a few times per batch.
+    let reads = 100_000;
+    let t0 = Instant::now();
+    for _ in 0..reads {
+        std::hint::black_box(clock.now());
+    }
+    let per_read = t0.elapsed().as_secs_f64() * 1e9 / reads as f64;
     let mut t = Throttle::new(ThrottleConfig::rate(rate), &clock.now());
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
@@ -83,6 +90,7 @@ fn main() {
         let r = (sent - s0) as f64 / t0.elapsed().as_secs_f64();
         println!("  steady state: {:>12.0} B/s  error {:+.3} %", r, err(r));
     }
+    println!("  SystemClock::now(): {per_read:.0} ns per read");
     if waits > 0 {
         println!(
             "  sleeps: {waits}, mean oversleep {:.1} us, max {:.1} us",

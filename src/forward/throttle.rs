@@ -12,8 +12,11 @@
 //!     }
 //! }
 //! t.take(bytes, &now)                             // check + record_sent in one step
+//! t.allowance(&now)                               // bytes sendable now without waiting: cut
+//!                                                 //   a batch to this (at least one record)
 //! t.current_rate() / t.tokens() / t.budget_left() // for status and metrics
-//! Throttles { global, classes }                   // the global bucket plus optional per-class ones
+//! Throttles { global, classes }                   // the global bucket plus optional per-class ones;
+//!                                                 //   check_detailed says which one waits
 //! "64KiB/s".parse::<Rate>(), parse_bytes("2GiB")  // config values (also serde)
 //! ```
 //!
@@ -24,9 +27,10 @@
 //! tokens, and then charges the full size, so the bucket may go negative: a batch or record
 //! larger than the burst is never stuck (a full bucket always lets it go), it is paid for
 //! afterwards by waiting. That is why the capacity need not cover a maximum batch, and why a
-//! small burst keeps the average exact even with batches of several seconds of rate. Charging happens on the bytes actually handed to the
-//! producer ([`Throttle::record_sent`]), so a partly accepted batch is charged for what went.
-//! Over any long interval the bytes sent are `rate x time + capacity` at most.
+//! small burst keeps the average exact even with batches of several seconds of rate.
+//! Charging happens on the bytes actually handed to the producer ([`Throttle::record_sent`]),
+//! so a partly accepted batch is charged for what went. Over any interval the bytes sent are
+//! at most `rate x time + capacity + the last batch` (which may overdraw).
 //!
 //! ```text
 //!  tokens
@@ -96,6 +100,11 @@ pub enum Rate {
 }
 
 impl Rate {
+    /// From bytes per second, `None` meaning unlimited (as config's `ByteRate` gives it).
+    pub fn from_bytes_per_sec(b: Option<u64>) -> Rate {
+        b.map_or(Rate::Unlimited, Rate::BytesPerSec)
+    }
+
     /// Bytes per second, `None` when unlimited.
     pub fn bytes_per_sec(self) -> Option<u64> {
         match self {
@@ -242,10 +251,24 @@ impl<'de> serde::Deserialize<'de> for Rate {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateProfile {
-    /// When this profile applies, e.g. `"Mon-Fri 06:00-22:00"`.
+    /// When this profile applies, e.g. `"Mon-Fri 06:00-22:00"` (`when` in config files).
+    #[serde(alias = "when")]
     pub schedule: Schedule,
     /// The rate while it applies.
     pub rate: Rate,
+}
+
+impl RateProfile {
+    /// A profile from a schedule string and a rate.
+    pub fn parse(
+        when: &str,
+        rate: Rate,
+    ) -> Result<RateProfile, crate::forward::window::ScheduleError> {
+        Ok(RateProfile {
+            schedule: Schedule::parse(when)?,
+            rate,
+        })
+    }
 }
 
 /// Settings of one bucket.
@@ -373,6 +396,22 @@ impl Throttle {
         Ok(())
     }
 
+    /// Bytes that may be sent now without waiting or overdrawing the bucket or the budget;
+    /// `None` when unlimited. The forwarder cuts a batch to this (keeping at least one
+    /// record, which [`check`](Self::check) then decides on), so a large batch does not go
+    /// out as one burst of many seconds of rate that is then paid off by a long silence.
+    pub fn allowance(&mut self, now: &Now) -> Option<u64> {
+        self.advance(now);
+        let tokens = match self.rate {
+            Rate::Unlimited => None,
+            Rate::BytesPerSec(_) => Some(self.tokens.max(0.0) as u64),
+        };
+        match (tokens, self.budget_left()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The rate in effect at the last check or charge.
     pub fn current_rate(&self) -> Rate {
         self.rate
@@ -458,7 +497,11 @@ impl Throttle {
         self.rate = rate_at(&self.cfg, now.local);
         self.refill(self.rate, remaining);
         self.tokens = self.tokens.min(self.capacity_f64());
-        self.last = *now;
+        // A reading older than the last one (two clock reads racing) must not move `last`
+        // back, or the same interval would be credited twice.
+        if now.mono >= self.last.mono {
+            self.last = *now;
+        }
         if now.local.date() > self.budget_day {
             tracing::debug!(day = %now.local.date(), used = self.budget_used, "daily byte budget reset");
             self.budget_day = now.local.date();
@@ -503,6 +546,16 @@ fn next_profile_change(cfg: &ThrottleConfig, local: NaiveDateTime) -> Option<Nai
         .min()
 }
 
+/// Which bucket asked a send to wait, from [`Throttles::check_detailed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleWait {
+    /// How long to wait before re-checking.
+    pub wait: Duration,
+    /// True when the global bucket (or budget) is the one waiting: nothing can be sent. False
+    /// when only the class's own bucket is: other classes may still go meanwhile.
+    pub global: bool,
+}
+
 /// The global bucket plus optional per-class buckets; a send must pass both.
 #[derive(Debug, Clone)]
 pub struct Throttles {
@@ -529,6 +582,42 @@ impl Throttles {
             (Ok(()), Ok(())) => Ok(()),
             (Err(a), Err(b)) => Err(a.max(b)),
             (Err(w), Ok(())) | (Ok(()), Err(w)) => Err(w),
+        }
+    }
+
+    /// Like [`check`](Self::check), but says whether the wait holds all classes (global) or
+    /// only this one, so the forwarder can serve the next class instead of idling.
+    pub fn check_detailed(
+        &mut self,
+        class: usize,
+        bytes: u64,
+        now: &Now,
+    ) -> Result<(), ThrottleWait> {
+        let g = self.global.check(bytes, now);
+        let c = match self.classes.get_mut(class) {
+            Some(Some(t)) => t.check(bytes, now),
+            _ => Ok(()),
+        };
+        match (g, c) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(wait), _) => Err(ThrottleWait { wait, global: true }),
+            (Ok(()), Err(wait)) => Err(ThrottleWait {
+                wait,
+                global: false,
+            }),
+        }
+    }
+
+    /// The smaller allowance of the two buckets (see [`Throttle::allowance`]).
+    pub fn allowance(&mut self, class: usize, now: &Now) -> Option<u64> {
+        let g = self.global.allowance(now);
+        let c = match self.classes.get_mut(class) {
+            Some(Some(t)) => t.allowance(now),
+            _ => None,
+        };
+        match (g, c) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -646,6 +735,20 @@ mod tests {
     }
 
     #[test]
+    fn an_older_reading_does_not_credit_time_twice() {
+        let clock = ManualClock::at(2026, 11, 16, 12, 0, 0);
+        let early = clock.now();
+        let mut t = Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(KIB)), &early);
+        clock.advance(Duration::from_secs(10));
+        t.record_sent(10 * KIB, &clock.now());
+        t.record_sent(0, &early);
+        clock.advance(Duration::from_secs(1));
+        t.record_sent(0, &clock.now());
+        // Full (256) - 10 KiB + 1 s of refill; crediting the 11 s again would refill it.
+        assert_eq!(t.tokens(), Some(256 - 10 * 1024 + 1024));
+    }
+
+    #[test]
     fn unlimited_never_waits() {
         let clock = ManualClock::at(2026, 11, 16, 12, 0, 0);
         let mut t = Throttle::unlimited(&clock.now());
@@ -654,6 +757,7 @@ mod tests {
         }
         assert_eq!(t.tokens(), None);
         assert_eq!(t.capacity(), None);
+        assert_eq!(t.allowance(&clock.now()), None);
         assert_eq!(t.current_rate(), Rate::Unlimited);
         assert_eq!(t.budget_left(), None);
     }
@@ -774,6 +878,7 @@ mod tests {
             t.take(MIB, &clock.now()).unwrap();
         }
         assert_eq!(t.budget_left(), Some(MIB));
+        assert_eq!(t.allowance(&clock.now()), Some(MIB));
         // A batch that would exceed the budget waits for midnight, a fitting one goes.
         assert_eq!(
             t.check(MIB + 1, &clock.now()),
@@ -849,7 +954,11 @@ mod tests {
             Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(MIB)), &now),
             vec![None, Some(Throttle::new(small, &now))],
         );
+        assert_eq!(ts.allowance(1, &now), Some(2560));
+        assert_eq!(ts.allowance(0, &now), Some(256 * KIB));
         ts.take(1, 10 * KIB, &now).unwrap();
+        assert_eq!(ts.allowance(1, &now), Some(0));
+        assert_eq!(ts.allowance(0, &now), Some(246 * KIB));
         let w = ts.check(1, 10 * KIB, &now).unwrap_err();
         assert!((w.as_secs_f64() - 1.0).abs() < 0.001);
         // Class 0 only sees the global bucket, which class 1 also drew from.
@@ -857,6 +966,24 @@ mod tests {
         assert!(ts.check(0, 1, &now).is_err());
         // Unknown classes have no own bucket.
         assert!(ts.check(7, 1, &now).is_err());
+        assert!(ts.check_detailed(7, 1, &now).unwrap_err().global);
+        // Detailed: class 1's own bucket holds only class 1.
+        let clock = ManualClock::at(2026, 11, 16, 12, 0, 0);
+        let now = clock.now();
+        let mut ts = Throttles::new(
+            Throttle::unlimited(&now),
+            vec![
+                None,
+                Some(Throttle::new(
+                    ThrottleConfig::rate(Rate::BytesPerSec(KIB)),
+                    &now,
+                )),
+            ],
+        );
+        ts.take(1, KIB, &now).unwrap();
+        let w = ts.check_detailed(1, KIB, &now).unwrap_err();
+        assert!(!w.global && w.wait > Duration::from_millis(900), "{w:?}");
+        ts.check_detailed(0, MIB, &now).unwrap();
     }
 
     #[test]
@@ -930,13 +1057,20 @@ mod tests {
             r#"
             rate = "64KiB/s"
             other = 1000
-            profiles = [{ schedule = "Mon-Fri 06:00-22:00", rate = "unlimited" }]
+            profiles = [{ schedule = "Mon-Fri 06:00-22:00", rate = "unlimited" },
+                        { when = "Sat,Sun", rate = "1MiB/s" }]
             "#,
         )
         .unwrap();
         assert_eq!(c.rate, Rate::BytesPerSec(65_536));
         assert_eq!(c.other, Rate::BytesPerSec(1000));
         assert_eq!(c.profiles[0].rate, Rate::Unlimited);
+        assert_eq!(
+            c.profiles[1],
+            RateProfile::parse("Sat,Sun", Rate::from_bytes_per_sec(Some(MIB))).unwrap()
+        );
+        assert_eq!(Rate::from_bytes_per_sec(None), Rate::Unlimited);
+        assert!(RateProfile::parse("Sat-", Rate::Unlimited).is_err());
         let e = toml::from_str::<C>("rate = -1\nother = 1\nprofiles = []")
             .err()
             .unwrap()

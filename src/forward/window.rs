@@ -43,6 +43,13 @@
 //!            ^ open Mon 22:00                              ^ closes Sat 06:00
 //! ```
 //!
+//! # Daylight saving time
+//!
+//! Schedules are compared with the local wall clock as it reads ([`super::clock`]). On the
+//! day clocks go forward, a window inside the skipped hour does not happen and one spanning
+//! it is an hour shorter; on the day they go back, the repeated hour is in or out of a window
+//! both times. That is what an operator who wrote "22:00-06:00" expects of a wall clock.
+//!
 //! # The override, and where pause lives
 //!
 //! [`Windows`] adds the operator's "drain now for N minutes" ([`Windows::drain_for`]) to the
@@ -353,6 +360,12 @@ fn parse_day(text: &str) -> Result<usize, String> {
 
 /// `HH:MM-HH:MM` -> (start, end) seconds of the day; `end` may be 86400 (`24:00`).
 fn parse_time_range(text: &str) -> Result<(u32, u32), String> {
+    if text.contains(|c: char| c == ',' || c.is_ascii_alphabetic()) {
+        return Err(format!(
+            "unexpected text after a time in `{text}`; days go before the times, and several \
+             windows are joined with `;`, e.g. `Mon 01:00-02:00; Tue 03:00-04:00`"
+        ));
+    }
     let (a, b) = text
         .split_once('-')
         .ok_or_else(|| format!("time range `{text}` must be START-END, like 22:00-06:00"))?;
@@ -725,8 +738,9 @@ mod tests {
             ("daily 00:00-00:00", "is empty"),
             ("Mon,,Tue", "empty day"),
             ("sometimes", "unknown day `sometimes`"),
-            ("22:00-06:00 Mon", "`06:00Mon` is not a time"),
-            ("Mon 22:00-06:00,Tue", "`06:00,Tue` is not a time"),
+            ("22:00-06:00 Mon", "days go before the times"),
+            ("Mon 22:00-06:00,Tue", "joined with `;`"),
+            ("Mon 01:00-02:00, Tue 03:00-04:00", "joined with `;`"),
             ("daily 1-5", "not a time"),
         ];
         for (text, want) in cases {
