@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod topic;

@@ -1,0 +1,247 @@
+//! `ferry run`: start-up order, signals, reload and shutdown of the daemon.
+//!
+//! ```text
+//!  load config ─▶ logging ─▶ open store (recovery) ─▶ bind metrics ─▶ bind MQTT listener(s)
+//!    ─▶ build forwarder ─▶ control socket ─▶ READY=1 ─▶ run until SIGTERM/SIGINT
+//!                                                     (SIGHUP: reload)
+//!  shutdown: STOPPING=1 ─▶ stop the listeners (in-flight commits finish, their acks go out)
+//!    ─▶ stop the forwarder (flush, persist positions) ─▶ close the store ─▶ exit 0
+//! ```
+//!
+//! Like `cli`, this is the binary's edge: errors end as text for a person (or systemd), so it
+//! uses `anyhow` and leaves typed errors to the components.
+
+pub mod wiring;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{Config, LogFormat as CfgLogFormat};
+use crate::forward::deadletter::DeadLetters;
+use crate::forward::{Forwarder, ForwarderHandle};
+use crate::ingest::{IngestHandle, Server};
+use crate::store::Store;
+use crate::telemetry::logging::{self, LogFormat};
+use crate::telemetry::notify::{self, Watchdog};
+
+/// Runs the daemon with the config at `path` until SIGTERM/SIGINT. Returns the exit status.
+pub fn run(path: &Path) -> anyhow::Result<u8> {
+    let cfg = Config::load(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(cfg, path.to_path_buf()))
+}
+
+/// A "stop now" signal every task can wait on.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+}
+
+fn stop_pair() -> (watch::Sender<bool>, Stop) {
+    let (tx, rx) = watch::channel(false);
+    (tx, Stop(rx))
+}
+
+async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
+    let format = match cfg.log.format {
+        CfgLogFormat::Auto => LogFormat::Auto,
+        CfgLogFormat::Journald => LogFormat::Journald,
+        CfgLogFormat::Text => LogFormat::Text,
+        CfgLogFormat::Json => LogFormat::Json,
+    };
+    logging::init(&cfg.log.level, format).context("setting up logging")?;
+    for w in cfg.warnings() {
+        tracing::warn!("config: {w}");
+    }
+    notify::status("recovering the message store");
+
+    // The store first: nothing is accepted before recovery finished.
+    let store_opts = cfg.store_options();
+    let data_dir = cfg.storage.data_dir.clone();
+    let t0 = std::time::Instant::now();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(store_opts))
+        .await
+        .context("store recovery task")?
+        .with_context(|| format!("opening the message store in {}", data_dir.display()))?;
+    for a in &report.actions {
+        tracing::warn!("recovery: {a}");
+    }
+    tracing::info!(
+        segments = report.segments_scanned,
+        bytes = report.bytes_scanned,
+        actions = report.actions.len(),
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "message store recovered"
+    );
+
+    let metrics = crate::telemetry::metrics::global().clone();
+    metrics.watch_store(store.clone());
+    let metrics_server = if cfg.metrics.enabled {
+        let addr = wiring_addr(&cfg.metrics.listen)?;
+        Some(crate::telemetry::http::MetricsServer::bind(addr).await?)
+    } else {
+        None
+    };
+
+    // MQTT listeners.
+    let classifier = wiring::classifier(&cfg, &store)?;
+    let (plain_opts, tls_opts) = wiring::ingest_options(&cfg)?;
+    let plain = Server::bind(plain_opts, store.clone(), classifier.clone())
+        .await
+        .context("starting the MQTT listener")?;
+    let tls = match tls_opts {
+        Some(o) => Some(
+            Server::bind(o, store.clone(), classifier)
+                .await
+                .context("starting the MQTT TLS listener")?,
+        ),
+        None => None,
+    };
+    let mut ingest_handles = vec![plain.handle()];
+    if let Some(t) = &tls {
+        ingest_handles.push(t.handle());
+    }
+
+    // Forwarder.
+    let dead_letters = DeadLetters::open(&cfg.storage.data_dir)
+        .with_context(|| format!("opening the dead-letter store in {}", cfg.storage.data_dir.display()))?;
+    let policy = wiring::policy(&cfg)?;
+    let (forwarder, fwd_handle) = Forwarder::new(
+        store.clone(),
+        dead_letters,
+        wiring::forwarder_options(&cfg),
+        Box::new(policy),
+    )
+    .context("setting up the Kafka forwarder")?;
+
+    // Tasks, each with its own stop signal so shutdown can go in order.
+    let (ingest_stop_tx, ingest_stop) = stop_pair();
+    let (fwd_stop_tx, fwd_stop) = stop_pair();
+    let (aux_stop_tx, aux_stop) = stop_pair();
+    let mut ingest_tasks = Vec::new();
+    for server in std::iter::once(plain).chain(tls) {
+        let addr = server.local_addr().ok();
+        let stop = ingest_stop.clone();
+        ingest_tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.run(stop.wait()).await {
+                tracing::error!(error = %e, ?addr, "MQTT listener failed");
+            }
+        }));
+    }
+    let fwd_task = tokio::spawn(forwarder.run(fwd_stop.wait()));
+    if let Some(ms) = metrics_server {
+        let stop = aux_stop.clone();
+        let m = metrics.clone();
+        tokio::spawn(async move { ms.serve(m, stop.wait()).await });
+    }
+    if let Some(wd) = Watchdog::from_env() {
+        let wd = wd.probe("store writer", store_probe(store.clone()));
+        let stop = aux_stop.clone();
+        tokio::spawn(async move { wd.run(stop.wait()).await });
+    }
+
+    notify::ready();
+    notify::status("running");
+    tracing::info!(config = %path.display(), "ferry is running");
+
+    // Signals: TERM/INT stop, HUP reloads.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut current = cfg;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                notify::notifier().reloading().ok();
+                match reload(&path, &current, &store, &ingest_handles, &fwd_handle) {
+                    Ok((new, msg)) => { tracing::info!("reload: {msg}"); current = new; }
+                    Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
+                }
+                notify::ready();
+            }
+        }
+    }
+
+    // Shutdown in data-flow order.
+    notify::stopping();
+    let _ = ingest_stop_tx.send(true);
+    for t in ingest_tasks {
+        let _ = t.await;
+    }
+    let _ = fwd_stop_tx.send(true);
+    match fwd_task.await {
+        Ok(report) => tracing::info!(?report, "forwarder stopped"),
+        Err(e) => tracing::error!(error = %e, "forwarder task failed"),
+    }
+    let _ = aux_stop_tx.send(true);
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .context("store close task")?
+        .context("closing the message store")?;
+    tracing::info!("ferry stopped");
+    Ok(0)
+}
+
+fn wiring_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    s.parse()
+        .with_context(|| format!("metrics.listen `{s}` is not an address like 127.0.0.1:9464"))
+}
+
+/// Progress of the store writer as the watchdog sees it: its loop turns at least once a
+/// second even when idle, so a counter that stops moving means a wedged writer (e.g. an
+/// fdatasync that never returns).
+fn store_probe(store: Store) -> impl FnMut() -> bool + Send {
+    let mut last = store.io_stats().writer_loops;
+    move || {
+        let now = store.io_stats().writer_loops;
+        let moved = now != last;
+        last = now;
+        moved
+    }
+}
+
+/// Re-reads the config. Settings that can change live (classification rules, users and
+/// ACLs) take effect now; anything that needs a restart is refused and the running config
+/// stays. Returns the new config and a one-line summary.
+pub fn reload(
+    path: &Path,
+    current: &Config,
+    store: &Store,
+    ingest: &[IngestHandle],
+    _forwarder: &ForwarderHandle,
+) -> anyhow::Result<(Config, String)> {
+    let new = Config::load(path)?;
+    let restart = current.restart_needed_for(&new);
+    if !restart.is_empty() {
+        let list: Vec<String> = restart.iter().map(|r| r.to_string()).collect();
+        anyhow::bail!(
+            "these changes need a restart (`systemctl restart ferry`): {}",
+            list.join("; ")
+        );
+    }
+    let classifier = wiring::classifier(&new, store)?;
+    let auth = crate::ingest::auth::Authenticator::new(&wiring::auth_options(&new)?)
+        .context("loading users")?;
+    for h in ingest {
+        h.set_classifier(classifier.clone());
+        h.set_auth(auth.clone());
+    }
+    Ok((
+        new,
+        "classification rules, users and ACLs reloaded; connections kept".to_string(),
+    ))
+}
