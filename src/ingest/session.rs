@@ -67,6 +67,9 @@ enum End {
 enum Refused {
     NotAuthorized,
     Store(StoreError),
+    /// A QoS 2 retransmission: its answer is the original's, known only when the outcome
+    /// before it in the queue (the original) has been processed.
+    Duplicate,
 }
 
 /// The result of one publish, in publish order.
@@ -708,7 +711,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
         if qos == 2 && self.qos2.contains(&pkid) {
             m.qos2_duplicates.fetch_add(1, Ordering::Relaxed);
-            self.push_ready(qos, pkid, Ok(()));
+            self.push_ready(qos, pkid, Err(Refused::Duplicate));
             return Ok(());
         }
         if !self.acl.may_publish(&topic) {
@@ -794,6 +797,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let m = self.shared.metrics.clone();
         let v5 = self.v5();
         let (puback, pubrec) = match o.result {
+            // Still awaiting PUBREL: the original was stored. Otherwise it was refused (and
+            // a v3.1.1 connection would already be closed): refuse the copy too.
+            Err(Refused::Duplicate) if self.qos2.contains(&o.pkid) => {
+                (PubAckReason::Success, PubRecReason::Success)
+            }
+            Err(Refused::Duplicate) => (
+                PubAckReason::UnspecifiedError,
+                PubRecReason::UnspecifiedError,
+            ),
             Ok(()) => {
                 if o.stored {
                     m.stored.fetch_add(1, Ordering::Relaxed);
