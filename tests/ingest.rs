@@ -274,6 +274,17 @@ async fn auth_success_and_failure() {
 
     assert_eq!(srv.metric("closed_bad_credentials"), 2);
     assert_eq!(srv.metric("closed_not_authorized"), 1);
+
+    // `ferry reload`: new logins use the new users.
+    srv.handle.set_auth(
+        ferry::ingest::Authenticator::new(&AuthOptions {
+            allow_anonymous: true,
+            ..AuthOptions::default()
+        })
+        .unwrap(),
+    );
+    let mut anon = v4::Client::connect(srv.addr, "anon-after-reload");
+    anon.connack().await.unwrap();
     let recs = stored(&store, 0, 1).await;
     assert_eq!(recs.len(), 1);
     assert_eq!(&recs[0].record.payload[..], b"ok");
