@@ -102,15 +102,19 @@ pub(crate) async fn accept(
     peer: SocketAddr,
     id: u64,
     stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let span = tracing::debug_span!("mqtt", conn = id, %peer);
+    let span = tracing::debug_span!("mqtt", conn = id, %peer, tls = tls.is_some());
     async move {
-        match shared.tls.clone() {
+        match tls {
             None => serve(shared, socket, peer, id, stop).await,
             Some(acceptor) => {
-                match tokio::time::timeout(shared.opts.connect_timeout, acceptor.accept(socket))
-                    .await
-                {
+                let limit = shared
+                    .opts
+                    .tls
+                    .as_ref()
+                    .map_or(shared.opts.connect_timeout, |t| t.handshake_timeout);
+                match tokio::time::timeout(limit, acceptor.accept(socket)).await {
                     Ok(Ok(tls)) => serve(shared, tls, peer, id, stop).await,
                     Ok(Err(e)) => {
                         shared.metrics.count_close(CloseReason::TlsHandshake);
@@ -131,9 +135,6 @@ pub(crate) async fn accept(
 /// Answers a connection over `max_connections` with CONNACK "server unavailable" when it
 /// sends a CONNECT quickly; otherwise just closes it.
 pub(crate) async fn refuse_busy(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr) {
-    if shared.tls.is_some() {
-        return; // a handshake per refused connection would be the costlier flood
-    }
     let mut rbuf = BytesMut::with_capacity(1024);
     let max = shared.opts.max_packet_size;
     let wait = shared.opts.connect_timeout.min(Duration::from_secs(2));
