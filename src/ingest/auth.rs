@@ -41,8 +41,10 @@ pub struct AuthOptions {
     pub anonymous_publish: Vec<String>,
     pub anonymous_subscribe: Vec<String>,
     pub users: HashMap<String, User>,
-    /// Optional file of `user:phc` lines (`#` comments, blank lines ignored). A user listed
-    /// here and in `users` takes the hash from the file and the ACLs from `users`.
+    /// Optional file of `user:phc` lines (`#` comments, blank lines ignored), re-read on
+    /// every `Authenticator::new`. A user listed here and in `users` takes the hash from the
+    /// file and the ACLs from `users`. (ferry's config has its own TOML password file, which
+    /// `config::Config::users` resolves into `users`; this is for embedders.)
     pub password_file: Option<PathBuf>,
 }
 
