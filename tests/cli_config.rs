@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::PasswordVerifier;
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
 
 fn ferry() -> Command {

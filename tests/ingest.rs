@@ -274,6 +274,17 @@ async fn auth_success_and_failure() {
 
     assert_eq!(srv.metric("closed_bad_credentials"), 2);
     assert_eq!(srv.metric("closed_not_authorized"), 1);
+
+    // `ferry reload`: new logins use the new users.
+    srv.handle.set_auth(
+        ferry::ingest::Authenticator::new(&AuthOptions {
+            allow_anonymous: true,
+            ..AuthOptions::default()
+        })
+        .unwrap(),
+    );
+    let mut anon = v4::Client::connect(srv.addr, "anon-after-reload");
+    anon.connack().await.unwrap();
     let recs = stored(&store, 0, 1).await;
     assert_eq!(recs.len(), 1);
     assert_eq!(&recs[0].record.payload[..], b"ok");
@@ -989,6 +1000,8 @@ async fn tls_with_and_without_client_certificates() {
     let pki = pki();
     let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);
     let tls = |client_ca: bool| TlsOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handshake_timeout: Duration::from_secs(3),
         cert_chain: pki.dir.path().join("server.pem"),
         private_key: pki.dir.path().join("server.key"),
         client_ca: client_ca.then(|| pki.dir.path().join("ca.pem")),
@@ -998,13 +1011,13 @@ async fn tls_with_and_without_client_certificates() {
     // Server-only TLS.
     let mut opts = test_opts();
     opts.tls = Some(tls(false));
-    opts.connect_timeout = Duration::from_millis(1500);
     let srv = Running::start(opts, store.clone(), Classifier::single(0)).await;
+    let tls_addr = srv.tls_addr.unwrap();
     // A peer that connects and never handshakes must not hold up the TLS client behind it
     // (rumqttd handshakes inside its accept loop with no timeout).
-    let mut idle = TcpStream::connect(srv.addr).await.unwrap();
+    let mut idle = TcpStream::connect(tls_addr).await.unwrap();
     let t0 = std::time::Instant::now();
-    let mut c = tls_client(srv.addr, "tls-1", &pki, false);
+    let mut c = tls_client(tls_addr, "tls-1", &pki, false);
     c.connack().await.unwrap();
     c.client
         .publish("a/b", v4::QoS::AtLeastOnce, false, "over tls")
@@ -1013,11 +1026,11 @@ async fn tls_with_and_without_client_certificates() {
     c.until(|e| matches!(e, Ok(v4::Event::Incoming(v4::Packet::PubAck(_)))).then_some(()))
         .await;
     assert!(
-        t0.elapsed() < Duration::from_millis(1500),
+        t0.elapsed() < Duration::from_secs(3),
         "the TLS client waited for the idle peer: {:?}",
         t0.elapsed()
     );
-    // The idle peer is closed after connect_timeout.
+    // The idle peer is closed after handshake_timeout.
     assert!(read_until_closed(&mut idle).await.is_empty());
     assert_eq!(srv.metric("closed_tls_handshake"), 1);
     srv.stop().await;
@@ -1026,9 +1039,10 @@ async fn tls_with_and_without_client_certificates() {
     let mut opts = test_opts();
     opts.tls = Some(tls(true));
     let srv = Running::start(opts, store.clone(), Classifier::single(0)).await;
-    let mut no_cert = tls_client(srv.addr, "tls-2", &pki, false);
+    let tls_addr = srv.tls_addr.unwrap();
+    let mut no_cert = tls_client(tls_addr, "tls-2", &pki, false);
     assert!(no_cert.connack().await.is_err());
-    let mut with_cert = tls_client(srv.addr, "tls-3", &pki, true);
+    let mut with_cert = tls_client(tls_addr, "tls-3", &pki, true);
     with_cert.connack().await.unwrap();
     with_cert
         .client
@@ -1038,9 +1052,29 @@ async fn tls_with_and_without_client_certificates() {
     with_cert
         .until(|e| matches!(e, Ok(v4::Event::Incoming(v4::Packet::PubAck(_)))).then_some(()))
         .await;
-    let recs = stored(&store, 0, 2).await;
+    // Both listeners share one session table: the same client id on the plain port takes
+    // the TLS connection over.
+    let mut plain = v4::Client::connect(srv.addr, "tls-3");
+    plain.connack().await.unwrap();
+    with_cert.closed().await;
+    plain
+        .client
+        .publish("a/b", v4::QoS::AtLeastOnce, false, "plain")
+        .await
+        .unwrap();
+    plain
+        .until(|e| matches!(e, Ok(v4::Event::Incoming(v4::Packet::PubAck(_)))).then_some(()))
+        .await;
+    let recs = stored(&store, 0, 3).await;
     let payloads: Vec<_> = recs.iter().map(|r| r.record.payload.to_vec()).collect();
-    assert_eq!(payloads, vec![b"over tls".to_vec(), b"mutual tls".to_vec()]);
+    assert_eq!(
+        payloads,
+        vec![
+            b"over tls".to_vec(),
+            b"mutual tls".to_vec(),
+            b"plain".to_vec()
+        ]
+    );
     srv.stop().await;
 }
 

@@ -107,8 +107,7 @@ impl Drop for EchoOff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use argon2::password_hash::phc::PasswordHash;
-    use argon2::password_hash::PasswordVerifier;
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
     use argon2::Argon2;
 
     #[test]

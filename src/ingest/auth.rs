@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 
 use crate::topic::{filter_matches, validate_filter};
 
@@ -39,8 +41,10 @@ pub struct AuthOptions {
     pub anonymous_publish: Vec<String>,
     pub anonymous_subscribe: Vec<String>,
     pub users: HashMap<String, User>,
-    /// Optional file of `user:phc` lines (`#` comments, blank lines ignored). A user listed
-    /// here and in `users` takes the hash from the file and the ACLs from `users`.
+    /// Optional file of `user:phc` lines (`#` comments, blank lines ignored), re-read on
+    /// every `Authenticator::new`. A user listed here and in `users` takes the hash from the
+    /// file and the ACLs from `users`. (ferry's config has its own TOML password file, which
+    /// `config::Config::users` resolves into `users`; this is for embedders.)
     pub password_file: Option<PathBuf>,
 }
 
@@ -194,13 +198,20 @@ impl Authenticator {
         let Some((Some(phc), acl)) = self.users.get(username) else {
             // Spend the same time as for a real user, so response times do not tell which
             // user names exist.
-            let _ = Argon2::default().verify_password(b"x", dummy_phc());
+            if let Ok(h) = PasswordHash::new(dummy_phc()) {
+                let _ = Argon2::default().verify_password(b"x", &h);
+            }
             return Login::BadCredentials;
         };
         let password = password.unwrap_or_default();
-        match Argon2::default().verify_password(password, phc.as_str()) {
-            Ok(()) => Login::Accepted(acl.clone()),
-            Err(_) => Login::BadCredentials,
+        // The hashes were checked at load time; one that fails to parse now refuses the login.
+        let ok = PasswordHash::new(phc)
+            .and_then(|h| Argon2::default().verify_password(password, &h))
+            .is_ok();
+        if ok {
+            Login::Accepted(acl.clone())
+        } else {
+            Login::BadCredentials
         }
     }
 }
@@ -212,7 +223,7 @@ fn dummy_phc() -> &'static str {
 }
 
 fn check_phc(phc: &str) -> Result<(), String> {
-    argon2::PasswordHash::new(phc)
+    PasswordHash::new(phc)
         .map(|_| ())
         .map_err(|e| format!("password hash is not a valid PHC string ({e})"))
 }
@@ -248,8 +259,9 @@ pub fn read_password_file(path: &Path) -> Result<Vec<(String, String)>, AuthErro
 
 /// Hashes a password into an argon2id PHC string with a random salt (for `ferry passwd`).
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
-        .hash_password(password.as_bytes())
+        .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
 }

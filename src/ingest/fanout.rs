@@ -54,6 +54,20 @@ pub struct FanoutOptions {
     pub subscriber_queue: usize,
 }
 
+impl FanoutOptions {
+    /// Options whose router memory stays near `max_memory` bytes for each subscribed topic
+    /// filter (rumqttd keeps one log per filter). decisions.md measured ~2.7x the segment
+    /// budget in RSS, so the segments get `max_memory / 3`, in 4 segments of at least 64 KiB.
+    pub fn with_memory(max_memory: u64) -> Self {
+        let budget = (max_memory / 3) as usize;
+        FanoutOptions {
+            max_segment_size: (budget / 4).max(64 << 10),
+            max_segment_count: 4,
+            ..FanoutOptions::default()
+        }
+    }
+}
+
 impl Default for FanoutOptions {
     fn default() -> Self {
         FanoutOptions {

@@ -111,7 +111,7 @@ pub struct IngestOptions {
     /// Unacknowledged QoS 1/2 publishes (and pending QoS 0 appends) per connection; MQTT 5's
     /// receive maximum. Past it the connection stops reading until acks go out. Default 100.
     pub max_inflight: u16,
-    /// A client must complete the TLS handshake, and then CONNECT, within this (each).
+    /// A client must send CONNECT within this after the connection (or TLS handshake).
     /// Default 10 s.
     pub connect_timeout: Duration,
     /// Keep-alive requested by clients is capped to this, and a client asking for 0 (none)
@@ -127,6 +127,7 @@ pub struct IngestOptions {
     /// On shutdown, how long connections wait for their in-flight commits. Default 10 s.
     pub shutdown_grace: Duration,
     pub auth: AuthOptions,
+    /// A second listener speaking MQTT over TLS, sharing everything else with the plain one.
     pub tls: Option<TlsOptions>,
     /// Live local fan-out; `None` disables it (SUBSCRIBE is then refused per filter).
     pub fanout: Option<FanoutOptions>,
@@ -358,7 +359,6 @@ pub(crate) struct Shared {
     /// client id -> (connection number, signal that closes it): session takeover.
     pub(crate) sessions: parking_lot::Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     pub(crate) fanout: Option<fanout::Fanout>,
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Connections over the limit are answered CONNACK "unavailable" by a few tasks at most;
     /// past that they are simply closed, so a connection flood cannot grow without bound.
     pub(crate) refusal_slots: Arc<Semaphore>,
@@ -405,6 +405,8 @@ impl IngestHandle {
 /// The bound listener. `bind`, then `run` until the shutdown future fires.
 pub struct Server {
     listener: TcpListener,
+    /// The optional TLS listener: same sessions, classifier, users and fan-out as the plain one.
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
 }
 
@@ -418,7 +420,7 @@ impl Server {
     ) -> Result<Server, IngestError> {
         check_classifier(&classifier, &store)?;
         let auth = Authenticator::new(&opts.auth)?;
-        let tls = opts.tls.as_ref().map(tls::acceptor).transpose()?;
+        let acceptor = opts.tls.as_ref().map(tls::acceptor).transpose()?;
         let metrics = Arc::new(IngestMetrics::default());
         let fanout = opts
             .fanout
@@ -432,6 +434,18 @@ impl Server {
                     addr: opts.listen,
                     source,
                 })?;
+        let tls = match (&opts.tls, acceptor) {
+            (Some(t), Some(acceptor)) => {
+                let l = TcpListener::bind(t.listen)
+                    .await
+                    .map_err(|source| IngestError::Bind {
+                        addr: t.listen,
+                        source,
+                    })?;
+                Some((l, acceptor))
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             opts,
             store,
@@ -440,18 +454,27 @@ impl Server {
             metrics,
             sessions: parking_lot::Mutex::new(HashMap::new()),
             fanout,
-            tls,
             refusal_slots: Arc::new(Semaphore::new(32)),
             login_slots: Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             last_backpressure_warn: parking_lot::Mutex::new(None),
         });
-        Ok(Server { listener, shared })
+        Ok(Server {
+            listener,
+            tls,
+            shared,
+        })
     }
 
+    /// The plain-TCP listener's address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The TLS listener's address, when TLS is configured.
+    pub fn tls_local_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.tls.as_ref().map(|(l, _)| l.local_addr())
     }
 
     pub fn handle(&self) -> IngestHandle {
@@ -467,34 +490,50 @@ impl Server {
     /// Accepts connections until `shutdown` completes, then drains every connection
     /// gracefully (see the module docs) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
-        let Server { listener, shared } = self;
+        let Server {
+            listener,
+            tls,
+            shared,
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a clone; `recv` returning None means all have finished.
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
-        tracing::info!(addr = ?listener.local_addr().ok(), tls = shared.tls.is_some(), "MQTT listener accepting");
+        tracing::info!(
+            addr = ?listener.local_addr().ok(),
+            tls_addr = ?tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+            "MQTT listener accepting"
+        );
         let result = loop {
-            let (socket, peer) = tokio::select! {
+            let (accepted, acceptor) = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) if is_transient_accept_error(&e) => {
-                        // EMFILE and friends: back off instead of spinning; the connections
-                        // already open keep working.
-                        tracing::warn!(error = %e, "accept failed, retrying in 100 ms");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    Err(e) => break Err(IngestError::Accept(e)),
-                },
+                r = listener.accept() => (r, None),
+                (r, a) = accept_tls(&tls) => (r, Some(a)),
+            };
+            let (socket, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) if is_transient_accept_error(&e) => {
+                    // EMFILE and friends: back off instead of spinning; the connections
+                    // already open keep working.
+                    tracing::warn!(error = %e, "accept failed, retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => break Err(IngestError::Accept(e)),
             };
             next_id += 1;
             let _ = socket.set_nodelay(true);
             let current = shared.metrics.connections_current.load(Ordering::Relaxed);
             if current >= shared.opts.max_connections as u64 {
                 shared.metrics.count_close(CloseReason::ServerBusy);
-                if let Ok(permit) = shared.refusal_slots.clone().try_acquire_owned() {
+                // A handshake per refused TLS connection would be the costlier flood: those
+                // are just closed.
+                let permit = match acceptor {
+                    None => shared.refusal_slots.clone().try_acquire_owned().ok(),
+                    Some(_) => None,
+                };
+                if let Some(permit) = permit {
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         session::refuse_busy(shared, socket, peer).await;
@@ -515,7 +554,7 @@ impl Server {
             let stop = stop_rx.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                session::accept(shared.clone(), socket, peer, next_id, stop).await;
+                session::accept(shared.clone(), socket, peer, next_id, stop, acceptor).await;
                 shared
                     .metrics
                     .connections_current
@@ -524,12 +563,26 @@ impl Server {
             });
         };
         drop(listener);
+        drop(tls);
         tracing::info!("MQTT listener stopping: draining connections");
         let _ = stop_tx.send(true);
         drop(done_tx);
         let _ = done_rx.recv().await;
         tracing::info!("MQTT listener stopped");
         result
+    }
+}
+
+/// Accepts on the TLS listener, or waits forever when there is none.
+async fn accept_tls(
+    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> (
+    std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    tokio_rustls::TlsAcceptor,
+) {
+    match tls {
+        Some((l, a)) => (l.accept().await, a.clone()),
+        None => std::future::pending().await,
     }
 }
 

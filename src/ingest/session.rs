@@ -67,6 +67,9 @@ enum End {
 enum Refused {
     NotAuthorized,
     Store(StoreError),
+    /// A QoS 2 retransmission: its answer is the original's, known only when the outcome
+    /// before it in the queue (the original) has been processed.
+    Duplicate,
 }
 
 /// The result of one publish, in publish order.
@@ -99,15 +102,19 @@ pub(crate) async fn accept(
     peer: SocketAddr,
     id: u64,
     stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let span = tracing::debug_span!("mqtt", conn = id, %peer);
+    let span = tracing::debug_span!("mqtt", conn = id, %peer, tls = tls.is_some());
     async move {
-        match shared.tls.clone() {
+        match tls {
             None => serve(shared, socket, peer, id, stop).await,
             Some(acceptor) => {
-                match tokio::time::timeout(shared.opts.connect_timeout, acceptor.accept(socket))
-                    .await
-                {
+                let limit = shared
+                    .opts
+                    .tls
+                    .as_ref()
+                    .map_or(shared.opts.connect_timeout, |t| t.handshake_timeout);
+                match tokio::time::timeout(limit, acceptor.accept(socket)).await {
                     Ok(Ok(tls)) => serve(shared, tls, peer, id, stop).await,
                     Ok(Err(e)) => {
                         shared.metrics.count_close(CloseReason::TlsHandshake);
@@ -128,9 +135,6 @@ pub(crate) async fn accept(
 /// Answers a connection over `max_connections` with CONNACK "server unavailable" when it
 /// sends a CONNECT quickly; otherwise just closes it.
 pub(crate) async fn refuse_busy(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr) {
-    if shared.tls.is_some() {
-        return; // a handshake per refused connection would be the costlier flood
-    }
     let mut rbuf = BytesMut::with_capacity(1024);
     let max = shared.opts.max_packet_size;
     let wait = shared.opts.connect_timeout.min(Duration::from_secs(2));
@@ -708,7 +712,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
         if qos == 2 && self.qos2.contains(&pkid) {
             m.qos2_duplicates.fetch_add(1, Ordering::Relaxed);
-            self.push_ready(qos, pkid, Ok(()));
+            self.push_ready(qos, pkid, Err(Refused::Duplicate));
             return Ok(());
         }
         if !self.acl.may_publish(&topic) {
@@ -794,6 +798,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let m = self.shared.metrics.clone();
         let v5 = self.v5();
         let (puback, pubrec) = match o.result {
+            // Still awaiting PUBREL: the original was stored. Otherwise it was refused (and
+            // a v3.1.1 connection would already be closed): refuse the copy too.
+            Err(Refused::Duplicate) if self.qos2.contains(&o.pkid) => {
+                (PubAckReason::Success, PubRecReason::Success)
+            }
+            Err(Refused::Duplicate) => (
+                PubAckReason::UnspecifiedError,
+                PubRecReason::UnspecifiedError,
+            ),
             Ok(()) => {
                 if o.stored {
                     m.stored.fetch_add(1, Ordering::Relaxed);

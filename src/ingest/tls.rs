@@ -1,6 +1,6 @@
 //! TLS for the MQTT listener (rustls, ring provider).
 //!
-//! The handshake runs inside each connection's own task, bounded by `connect_timeout`, never
+//! The handshake runs inside each connection's own task, bounded by `handshake_timeout`, never
 //! in the accept loop: rumqttd's listener does it inline with no timeout, so one idle peer
 //! blocks every other client (decisions.md §1). A failed or slow handshake closes only that
 //! socket and is counted as `closed_tls_handshake`.
@@ -21,9 +21,11 @@ use tokio_rustls::TlsAcceptor;
 
 use super::IngestError;
 
-/// Certificate material, as PEM files.
+/// The TLS listener: its address, certificate material (PEM files) and handshake limit.
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
+    /// Default port 8883.
+    pub listen: std::net::SocketAddr,
     /// Server certificate chain (leaf first).
     pub cert_chain: PathBuf,
     pub private_key: PathBuf,
@@ -31,6 +33,8 @@ pub struct TlsOptions {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: refuse clients that present no certificate.
     pub require_client_cert: bool,
+    /// A peer must finish the handshake within this (then CONNECT within `connect_timeout`).
+    pub handshake_timeout: std::time::Duration,
 }
 
 fn tls_err(what: impl Into<String>, path: &Path) -> IngestError {

@@ -39,6 +39,8 @@ pub fn test_opts() -> IngestOptions {
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The TLS listener, when configured.
+    pub tls_addr: Option<SocketAddr>,
     pub metrics: Arc<IngestMetrics>,
     pub handle: ferry::ingest::IngestHandle,
     stop: Option<oneshot::Sender<()>>,
@@ -49,6 +51,7 @@ impl Running {
     pub async fn start(opts: IngestOptions, store: Store, classifier: Classifier) -> Running {
         let server = Server::bind(opts, store, classifier).await.unwrap();
         let addr = server.local_addr().unwrap();
+        let tls_addr = server.tls_local_addr().map(|a| a.unwrap());
         let metrics = server.metrics();
         let handle = server.handle();
         let (tx, rx) = oneshot::channel::<()>();
@@ -57,6 +60,7 @@ impl Running {
         }));
         Running {
             addr,
+            tls_addr,
             metrics,
             handle,
             stop: Some(tx),
