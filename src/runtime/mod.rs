@@ -94,24 +94,12 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         None
     };
 
-    // MQTT listeners.
+    // MQTT listener (plain, and TLS when configured; one server, shared sessions).
     let classifier = wiring::classifier(&cfg, &store)?;
-    let (plain_opts, tls_opts) = wiring::ingest_options(&cfg)?;
-    let plain = Server::bind(plain_opts, store.clone(), classifier.clone())
+    let server = Server::bind(wiring::ingest_options(&cfg)?, store.clone(), classifier)
         .await
         .context("starting the MQTT listener")?;
-    let tls = match tls_opts {
-        Some(o) => Some(
-            Server::bind(o, store.clone(), classifier)
-                .await
-                .context("starting the MQTT TLS listener")?,
-        ),
-        None => None,
-    };
-    let mut ingest_handles = vec![plain.handle()];
-    if let Some(t) = &tls {
-        ingest_handles.push(t.handle());
-    }
+    let ingest_handle = server.handle();
 
     // Forwarder.
     let dead_letters = DeadLetters::open(&cfg.storage.data_dir)
@@ -129,16 +117,14 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     let (ingest_stop_tx, ingest_stop) = stop_pair();
     let (fwd_stop_tx, fwd_stop) = stop_pair();
     let (aux_stop_tx, aux_stop) = stop_pair();
-    let mut ingest_tasks = Vec::new();
-    for server in std::iter::once(plain).chain(tls) {
-        let addr = server.local_addr().ok();
+    let ingest_task = {
         let stop = ingest_stop.clone();
-        ingest_tasks.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = server.run(stop.wait()).await {
-                tracing::error!(error = %e, ?addr, "MQTT listener failed");
+                tracing::error!(error = %e, "MQTT listener failed");
             }
-        }));
-    }
+        })
+    };
     let fwd_task = tokio::spawn(forwarder.run(fwd_stop.wait()));
     if let Some(ms) = metrics_server {
         let stop = aux_stop.clone();
@@ -166,7 +152,7 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => {
                 notify::notifier().reloading().ok();
-                match reload(&path, &current, &store, &ingest_handles, &fwd_handle) {
+                match reload(&path, &current, &store, &ingest_handle, &fwd_handle) {
                     Ok((new, msg)) => { tracing::info!("reload: {msg}"); current = new; }
                     Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
                 }
@@ -178,9 +164,7 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     // Shutdown in data-flow order.
     notify::stopping();
     let _ = ingest_stop_tx.send(true);
-    for t in ingest_tasks {
-        let _ = t.await;
-    }
+    let _ = ingest_task.await;
     let _ = fwd_stop_tx.send(true);
     match fwd_task.await {
         Ok(report) => tracing::info!(?report, "forwarder stopped"),
@@ -221,7 +205,7 @@ pub fn reload(
     path: &Path,
     current: &Config,
     store: &Store,
-    ingest: &[IngestHandle],
+    ingest: &IngestHandle,
     _forwarder: &ForwarderHandle,
 ) -> anyhow::Result<(Config, String)> {
     let new = Config::load(path)?;
@@ -236,10 +220,8 @@ pub fn reload(
     let classifier = wiring::classifier(&new, store)?;
     let auth = crate::ingest::auth::Authenticator::new(&wiring::auth_options(&new)?)
         .context("loading users")?;
-    for h in ingest {
-        h.set_classifier(classifier.clone());
-        h.set_auth(auth.clone());
-    }
+    ingest.set_classifier(classifier)?;
+    ingest.set_auth(auth);
     Ok((
         new,
         "classification rules, users and ACLs reloaded; connections kept".to_string(),

@@ -71,19 +71,26 @@ pub fn auth_options(cfg: &Config) -> anyhow::Result<AuthOptions> {
     })
 }
 
-/// `[mqtt]` -> the plain-TCP listener's options, and the TLS listener's when configured.
-pub fn ingest_options(cfg: &Config) -> anyhow::Result<(IngestOptions, Option<IngestOptions>)> {
+/// `[mqtt]` -> the listener's options (plain TCP, plus TLS on its own port when configured).
+pub fn ingest_options(cfg: &Config) -> anyhow::Result<IngestOptions> {
     let m = &cfg.mqtt;
-    let fanout = m.local_fanout.enabled.then(|| {
-        let d = FanoutOptions::default();
-        // The router keeps `count` segments of `size` per filter: fit them in max_memory.
-        let size = (m.local_fanout.max_memory.bytes() as usize / d.max_segment_count).max(4096);
-        FanoutOptions {
-            max_segment_size: size.min(d.max_segment_size),
-            ..d
+    let tls = match &m.tls {
+        Some(t) => {
+            let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+                return Err(anyhow!("mqtt.tls needs both `cert` and `key`"));
+            };
+            Some(TlsOptions {
+                listen: addr("mqtt.tls.listen", &t.listen)?,
+                cert_chain: cert.clone(),
+                private_key: key.clone(),
+                client_ca: t.client_ca.clone(),
+                require_client_cert: t.require_client_cert,
+                handshake_timeout: t.handshake_timeout.0,
+            })
         }
-    });
-    let plain = IngestOptions {
+        None => None,
+    };
+    Ok(IngestOptions {
         listen: addr("mqtt.listen", &m.listen)?,
         ack: match m.ack {
             CfgAck::Durable => AckMode::Durable,
@@ -95,30 +102,13 @@ pub fn ingest_options(cfg: &Config) -> anyhow::Result<(IngestOptions, Option<Ing
         connect_timeout: m.connect_timeout.0,
         max_keep_alive: m.max_keep_alive.0,
         auth: auth_options(cfg)?,
-        tls: None,
-        fanout,
+        tls,
+        fanout: m
+            .local_fanout
+            .enabled
+            .then(|| FanoutOptions::with_memory(m.local_fanout.max_memory.bytes())),
         ..IngestOptions::default()
-    };
-    let tls = match &m.tls {
-        Some(t) => {
-            let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
-                return Err(anyhow!("mqtt.tls needs both `cert` and `key`"));
-            };
-            Some(IngestOptions {
-                listen: addr("mqtt.tls.listen", &t.listen)?,
-                connect_timeout: t.handshake_timeout.0,
-                tls: Some(TlsOptions {
-                    cert_chain: cert.clone(),
-                    private_key: key.clone(),
-                    client_ca: t.client_ca.clone(),
-                    require_client_cert: t.require_client_cert,
-                }),
-                ..plain.clone()
-            })
-        }
-        None => None,
-    };
-    Ok((plain, tls))
+    })
 }
 
 /// `[kafka]`, `[forward]` and the classes' mappings -> forwarder options.
