@@ -147,15 +147,8 @@ pub fn run(cli: Cli) -> u8 {
 }
 
 fn run_daemon(cli: &Cli) -> anyhow::Result<u8> {
-    // Load first: a broken config must exit 78 now, whatever happens to `run` later.
-    let cfg = crate::config::Config::load(&cli.config)?;
-    for w in cfg.warnings() {
-        eprintln!("ferry: warning: {w}");
-    }
-    anyhow::bail!(
-        "`ferry run` is not wired up in this build yet (the config at {} is valid); the daemon start-up arrives with the ingest and forwarder integration",
-        cli.config.display()
-    )
+    // A broken config fails here with exit 78, before anything is opened or bound.
+    crate::runtime::run(&cli.config)
 }
 
 /// Prints `err` with its whole chain and picks the exit status.

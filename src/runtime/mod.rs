@@ -102,8 +102,12 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     let ingest_handle = server.handle();
 
     // Forwarder.
-    let dead_letters = DeadLetters::open(&cfg.storage.data_dir)
-        .with_context(|| format!("opening the dead-letter store in {}", cfg.storage.data_dir.display()))?;
+    let dead_letters = DeadLetters::open(&cfg.storage.data_dir).with_context(|| {
+        format!(
+            "opening the dead-letter store in {}",
+            cfg.storage.data_dir.display()
+        )
+    })?;
     let policy = wiring::policy(&cfg)?;
     let (forwarder, fwd_handle) = Forwarder::new(
         store.clone(),
@@ -167,7 +171,11 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     let _ = ingest_task.await;
     let _ = fwd_stop_tx.send(true);
     match fwd_task.await {
-        Ok(report) => tracing::info!(?report, "forwarder stopped"),
+        Ok(report) => tracing::info!(
+            unflushed_records = report.unflushed_records,
+            acked_records = report.status.acked_records,
+            "forwarder stopped"
+        ),
         Err(e) => tracing::error!(error = %e, "forwarder task failed"),
     }
     let _ = aux_stop_tx.send(true);

@@ -168,8 +168,8 @@ fn rate(r: crate::config::ByteRate) -> Rate {
 pub fn policy(cfg: &Config) -> anyhow::Result<Configured> {
     let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock::local());
     let now = clock.now();
-    let schedule = Schedule::parse_list(&cfg.forward.windows)
-        .map_err(|e| anyhow!("forward.windows: {e}"))?;
+    let schedule =
+        Schedule::parse_list(&cfg.forward.windows).map_err(|e| anyhow!("forward.windows: {e}"))?;
     let profiles = cfg
         .forward
         .rate_profiles
