@@ -1,0 +1,239 @@
+//! End to end through the real `ferry` binary: MQTT publishers (rumqttc over TCP) -> ferry run
+//! -> a real Kafka-protocol broker (tansu over TCP), consumed back; metrics scraped over HTTP;
+//! SIGTERM shuts down cleanly; a restart after SIGKILL re-sends nothing it already delivered
+//! twice beyond the un-acked window and loses nothing acknowledged.
+
+mod common;
+
+use common::tansu::{consume_until, free_port, Tansu};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    mqtt: u16,
+    metrics: u16,
+}
+
+fn write_config(dir: &Path, bootstrap: &str, mqtt: u16, metrics: u16) -> std::path::PathBuf {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ferry.toml")).unwrap();
+    let text = text
+        .replace(
+            "data_dir = \"/var/lib/ferry\"",
+            &format!("data_dir = \"{}\"", dir.join("data").display()),
+        )
+        .replace(
+            "listen = \"0.0.0.0:1883\"",
+            &format!("listen = \"127.0.0.1:{mqtt}\""),
+        )
+        .replace(
+            "listen = \"127.0.0.1:9464\"",
+            &format!("listen = \"127.0.0.1:{metrics}\""),
+        )
+        .replace(
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            &format!("bootstrap_servers = \"{bootstrap}\""),
+        )
+        .replace(
+            "socket = \"/run/ferry/ferry.sock\"",
+            &format!("socket = \"{}\"", dir.join("ferry.sock").display()),
+        );
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(config: &Path, mqtt: u16, metrics: u16) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
+        assert!(Instant::now() < deadline, "ferry did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Daemon {
+        child,
+        mqtt,
+        metrics,
+    }
+}
+
+/// Publishes `n` QoS1 messages per topic and returns the payloads that got a PUBACK.
+fn publish(port: u16, client: &str, topics: &[&str], n: usize) -> Vec<String> {
+    let mut o = MqttOptions::new(client, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (c, mut conn) = Client::new(o, 100);
+    let total = topics.len() * n;
+    let topics: Vec<String> = topics.iter().map(|s| s.to_string()).collect();
+    let client_id = client.to_string();
+    let pubber = std::thread::spawn(move || {
+        let mut sent = Vec::new();
+        for i in 0..n {
+            for t in &topics {
+                let payload = format!("{{\"client\":\"{client_id}\",\"topic\":\"{t}\",\"i\":{i}}}");
+                c.publish(t.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                    .unwrap();
+                sent.push(payload);
+            }
+        }
+        (c, sent)
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for ev in conn.iter() {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = ev {
+            acked += 1;
+            if acked == total {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing timed out after {acked} acks"
+        );
+    }
+    let (c, sent) = pubber.join().unwrap();
+    let _ = c.disconnect();
+    assert_eq!(acked, total);
+    sent
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name_and_labels} not found"))
+}
+
+fn sigterm(d: &mut Daemon) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(d.child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ferry did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn mqtt_to_kafka_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Tansu::start();
+    for t in ["ferry.critical", "ferry.telemetry", "ferry.bulk"] {
+        broker.create_topic(t, 1);
+    }
+    let (mqtt, metrics) = (free_port(), free_port());
+    let config = write_config(dir.path(), &broker.bootstrap(), mqtt, metrics);
+    let mut d = start(&config, mqtt, metrics);
+
+    // Default rules: +/alarm/# -> critical, +/bulk/# -> bulk, the rest -> telemetry.
+    let n = 300;
+    let sent = publish(
+        d.mqtt,
+        "plc-1",
+        &["hall1/alarm/fire", "hall1/line3/temp", "hall1/bulk/trace"],
+        n,
+    );
+    let want: HashSet<String> = sent.iter().cloned().collect();
+    let got = consume_until(
+        &broker.bootstrap(),
+        &[
+            ("ferry.critical", 1),
+            ("ferry.telemetry", 1),
+            ("ferry.bulk", 1),
+        ],
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        |r| r.len() >= 3 * n,
+    );
+    let mut seen = HashSet::new();
+    let mut per_topic: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in &got {
+        let payload = String::from_utf8(r.payload.clone()).unwrap();
+        assert!(want.contains(&payload), "unexpected record {payload}");
+        seen.insert(payload);
+        let class = r.header("ferry.class").unwrap();
+        assert_eq!(r.topic, format!("ferry.{class}"));
+        assert_eq!(r.header("mqtt.client_id").as_deref(), Some("plc-1"));
+        assert_eq!(r.key_str().as_deref(), Some("plc-1"));
+        let seq_id = r.header("ferry.seq").unwrap();
+        let seq: u64 = seq_id.rsplit('/').next().unwrap().parse().unwrap();
+        per_topic.entry(r.topic.clone()).or_default().push(seq);
+    }
+    assert_eq!(
+        seen.len(),
+        3 * n,
+        "every acknowledged message reaches Kafka"
+    );
+    assert_eq!(per_topic["ferry.critical"].len(), n);
+    for seqs in per_topic.values() {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "per-class order kept");
+    }
+
+    // Metrics reflect the run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(d.metrics);
+        if metric(&m, "ferry_backlog_records{class=\"telemetry\"}") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backlog did not drain:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let st = sigterm(&mut d);
+    assert!(st.success(), "exit status {st:?}");
+    let mut log = String::new();
+    d.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("ferry stopped"), "{log}");
+}
+
+#[test]
+fn broken_config_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[storage]\nsegment_size = \"lots\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("segment_size") && err.contains(":2:"), "{err}");
+}
