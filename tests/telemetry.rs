@@ -28,8 +28,18 @@ fn is_child(name: &str) -> bool {
 }
 
 /// Runs test `name` of this binary in a child process with extra environment.
+/// `FERRY_TEST_CHILD_RUNNER` (e.g. `qemu-aarch64`) runs the child through an emulator, for
+/// running this suite on a cross-built binary where binfmt_misc is not set up.
 fn run_child(name: &str, env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match std::env::var_os("FERRY_TEST_CHILD_RUNNER") {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(CHILD, name)
         .env_remove("RUST_LOG")
