@@ -499,6 +499,67 @@ async fn watchdog_stops_pinging_when_a_loop_wedges() {
     assert!(recovered.iter().any(|m| m == "STATUS=running"));
 }
 
+/// The real store writer as a watchdog probe: its loop counter moves (at least once a second,
+/// idle or not) while it runs, so the watchdog pings; once the writer is gone (closed here,
+/// as a stand-in for wedged) the counter stops and so do the pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_follows_the_real_store_writer() {
+    use ferry::store::{ClassOptions, Overflow, Store, StoreOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::new(
+        tmp.path().join("data"),
+        vec![ClassOptions {
+            name: "telemetry".into(),
+            max_bytes: 64 << 20,
+            max_age: None,
+            overflow: Overflow::Reject,
+        }],
+    ))
+    .unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = Arc::new(UnixDatagram::bind(&sock_path).unwrap());
+    let probe_store = store.clone();
+    // A 4 s timeout means a check every 2 s: two idle writer turns per check.
+    let wd = Watchdog::new(
+        Notifier::new(sock_path.to_str().unwrap()).unwrap(),
+        Duration::from_secs(4),
+    )
+    .counter("store writer", move || probe_store.io_stats().writer_loops);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(wd.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let rx = sock.clone();
+    let running = tokio::task::spawn_blocking(move || recv_all(&rx, Duration::from_millis(4500)))
+        .await
+        .unwrap();
+    assert!(
+        running.iter().any(|m| m == "WATCHDOG=1"),
+        "pings while the writer runs: {running:?}"
+    );
+
+    store.close().unwrap();
+    let rx = sock.clone();
+    tokio::task::spawn_blocking(move || recv_all(&rx, Duration::from_millis(2500)))
+        .await
+        .unwrap();
+    let rx = sock.clone();
+    let stopped = tokio::task::spawn_blocking(move || recv_all(&rx, Duration::from_millis(4500)))
+        .await
+        .unwrap();
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+    assert!(
+        !stopped.iter().any(|m| m == "WATCHDOG=1"),
+        "no keep-alive once the writer stopped: {stopped:?}"
+    );
+    assert!(stopped
+        .iter()
+        .any(|m| m.starts_with("STATUS=stalled: store writer")));
+}
+
 // ---------------------------------------------------------------------------------------
 // logging
 

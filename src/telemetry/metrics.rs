@@ -791,6 +791,7 @@ mod tests {
             records_written: 1,
             logical_bytes_written: 100,
             frame_bytes_written: 80,
+            ..IoStats::default()
         };
         m.update_from_io(&io);
         let text = m.render();
