@@ -6,7 +6,8 @@
 #   scripts/deb-smoke.sh target/debian/ferry_0.1.0-1_amd64.deb
 #
 # Ends with "deb-smoke: N passed, M failed" and exits non-zero on any failure.
-# FERRY_SMOKE_SKIP_CLI=1 skips the `ferry version` step (only while the CLI is not wired).
+# FERRY_SMOKE_SKIP_CLI=1 skips the `ferry version` / `config check` steps (only while the CLI
+# is not wired).
 #
 # WARNING: this really installs the package, creates the `ferry` user and purges
 # /var/lib/ferry at the end. Do not run it on a gateway that uses ferry.
@@ -64,9 +65,13 @@ check "/var/lib/ferry is 750 ferry:ferry" stat_is /var/lib/ferry "750 ferry ferr
 
 echo "# binary"
 if [ "${FERRY_SMOKE_SKIP_CLI:-0}" = 1 ]; then
-    echo "SKIP - ferry version (FERRY_SMOKE_SKIP_CLI=1: the CLI is not wired yet)"
+    echo "SKIP - ferry version, config check (FERRY_SMOKE_SKIP_CLI=1: the CLI is not wired yet)"
 else
     check "ferry version prints $upstream" sh -c "/usr/bin/ferry version | grep -qF '$upstream'"
+    check "ferry config check accepts the installed config" /usr/bin/ferry config check /etc/ferry/ferry.toml
+    # The service runs as ferry: it must be able to read its 0640 root:ferry config.
+    check "the ferry user can read and check the installed config" \
+        runuser -u ferry -- /usr/bin/ferry config check /etc/ferry/ferry.toml
 fi
 # (The daemon part goes here once `ferry run` is wired: config check on the installed config,
 #  start as ExecStart does, as the ferry user, publish with mosquitto_pub, `ferry peek`.)
