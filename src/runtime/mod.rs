@@ -136,7 +136,8 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         tokio::spawn(async move { ms.serve(m, stop.wait()).await });
     }
     if let Some(wd) = Watchdog::from_env() {
-        let wd = wd.probe("store writer", store_probe(store.clone()));
+        let s = store.clone();
+        let wd = wd.counter("store writer", move || s.io_stats().writer_loops);
         let stop = aux_stop.clone();
         tokio::spawn(async move { wd.run(stop.wait()).await });
     }
@@ -191,19 +192,6 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
 fn wiring_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
     s.parse()
         .with_context(|| format!("metrics.listen `{s}` is not an address like 127.0.0.1:9464"))
-}
-
-/// Progress of the store writer as the watchdog sees it: its loop turns at least once a
-/// second even when idle, so a counter that stops moving means a wedged writer (e.g. an
-/// fdatasync that never returns).
-fn store_probe(store: Store) -> impl FnMut() -> bool + Send {
-    let mut last = store.io_stats().writer_loops;
-    move || {
-        let now = store.io_stats().writer_loops;
-        let moved = now != last;
-        last = now;
-        moved
-    }
 }
 
 /// Re-reads the config. Settings that can change live (classification rules, users and
