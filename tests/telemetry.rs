@@ -500,8 +500,9 @@ async fn watchdog_stops_pinging_when_a_loop_wedges() {
 }
 
 /// The real store writer as a watchdog probe: its loop counter moves (at least once a second,
-/// idle or not) while it runs, so the watchdog pings; once the writer is gone (closed here,
-/// as a stand-in for wedged) the counter stops and so do the pings.
+/// idle or not) while it runs, so the watchdog pings; while the writer is wedged (the store's
+/// `stall_writer` fault-injection hook blocks its thread, like a hung disk) the counter stops
+/// and so do the pings; when it comes back, so do they.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_follows_the_real_store_writer() {
     use ferry::store::{ClassOptions, Overflow, Store, StoreOptions};
@@ -540,7 +541,7 @@ async fn watchdog_follows_the_real_store_writer() {
         "pings while the writer runs: {running:?}"
     );
 
-    store.close().unwrap();
+    store.stall_writer(Duration::from_secs(9)).unwrap();
     let rx = sock.clone();
     tokio::task::spawn_blocking(move || recv_all(&rx, Duration::from_millis(2500)))
         .await
@@ -549,11 +550,20 @@ async fn watchdog_follows_the_real_store_writer() {
     let stopped = tokio::task::spawn_blocking(move || recv_all(&rx, Duration::from_millis(4500)))
         .await
         .unwrap();
+    assert!(
+        !stopped.iter().any(|m| m == "WATCHDOG=1"),
+        "no keep-alive while the writer is wedged: {stopped:?}"
+    );
+    // The stall ends 9 s after it began; pings come back.
+    let rx = sock.clone();
+    let resumed = tokio::task::spawn_blocking(move || recv_all(&rx, Duration::from_millis(6000)))
+        .await
+        .unwrap();
     stop_tx.send(()).unwrap();
     task.await.unwrap();
     assert!(
-        !stopped.iter().any(|m| m == "WATCHDOG=1"),
-        "no keep-alive once the writer stopped: {stopped:?}"
+        resumed.iter().any(|m| m == "WATCHDOG=1"),
+        "pings resume once the writer runs again: {resumed:?}"
     );
     assert!(stopped
         .iter()
