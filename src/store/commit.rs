@@ -53,6 +53,9 @@ impl Future for CommitTicket {
     }
 }
 
+/// See `Writer::run`: how long an empty queue may stay empty before the batch is committed.
+const QUIET: std::time::Duration = std::time::Duration::from_micros(200);
+
 enum Cmd {
     Append {
         class: ClassId,
@@ -149,13 +152,77 @@ impl ClassShared {
     }
 }
 
+/// Lock-free writer counters; see [`IoStats`].
+#[derive(Default)]
+pub(crate) struct IoCounters {
+    commits: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+    fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
+    batch_buckets: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    batch_records: AtomicU64,
+    records: AtomicU64,
+    logical: AtomicU64,
+    frame_bytes: AtomicU64,
+    loops: AtomicU64,
+}
+
+impl IoCounters {
+    fn fsync(&self, d: std::time::Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        let s = d.as_secs_f64();
+        let i = FSYNC_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(FSYNC_BUCKETS.len());
+        self.fsync_buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn commit(&self, records: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.batch_records.fetch_add(records, Ordering::Relaxed);
+        let i = BATCH_BUCKETS
+            .iter()
+            .position(|b| records as f64 <= *b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        self.batch_buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> IoStats {
+        let cumulative = |b: &[AtomicU64]| {
+            let mut acc = 0;
+            b.iter()
+                .map(|x| {
+                    acc += x.load(Ordering::Relaxed);
+                    acc
+                })
+                .collect()
+        };
+        IoStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            fsync_seconds_sum: self.fsync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            fsync_buckets: cumulative(&self.fsync_buckets),
+            batch_buckets: cumulative(&self.batch_buckets),
+            batch_records_sum: self.batch_records.load(Ordering::Relaxed),
+            records_written: self.records.load(Ordering::Relaxed),
+            logical_bytes_written: self.logical.load(Ordering::Relaxed),
+            frame_bytes_written: self.frame_bytes.load(Ordering::Relaxed),
+            writer_loops: self.loops.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub(crate) struct Shared {
     opts: StoreOptions,
+    pub(crate) io: Arc<IoCounters>,
     pub(crate) classes: Vec<Arc<ClassShared>>,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     headroom_ok: Arc<AtomicBool>,
-    _lock: Option<std::fs::File>,
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -249,6 +316,7 @@ impl Shared {
             }));
         }
         let headroom_ok = Arc::new(AtomicBool::new(true));
+        let io = Arc::new(IoCounters::default());
         let (tx, writer) = if opts.read_only {
             (None, None)
         } else {
@@ -258,6 +326,7 @@ impl Shared {
                 classes: classes.clone(),
                 actives,
                 headroom_ok: headroom_ok.clone(),
+                io: io.clone(),
                 rx,
                 cctx: None,
                 body: Vec::new(),
@@ -272,11 +341,12 @@ impl Shared {
         };
         let shared = Arc::new(Shared {
             opts,
+            io,
             classes,
             tx: Mutex::new(tx),
             writer: Mutex::new(writer),
             headroom_ok,
-            _lock: lock,
+            lock: Mutex::new(lock),
         });
         Ok((shared, report))
     }
@@ -498,6 +568,8 @@ impl Shared {
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+        // Release the data directory (flock is dropped with the file).
+        self.lock.lock().take();
         res
     }
 }
@@ -536,6 +608,7 @@ struct Writer {
     classes: Vec<Arc<ClassShared>>,
     actives: Vec<Option<ActiveSegment>>,
     headroom_ok: Arc<AtomicBool>,
+    io: Arc<IoCounters>,
     rx: mpsc::Receiver<Cmd>,
     cctx: Option<zstd::bulk::Compressor<'static>>,
     body: Vec<u8>,
@@ -557,6 +630,7 @@ impl Writer {
     fn run(&mut self) {
         let tick = std::time::Duration::from_secs(1);
         loop {
+            self.io.loops.fetch_add(1, Ordering::Relaxed);
             let first = match self.rx.recv_timeout(tick) {
                 Ok(c) => c,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -602,7 +676,10 @@ impl Writer {
                         if now >= deadline {
                             None
                         } else {
-                            match self.rx.recv_timeout(deadline - now) {
+                            // Linger for more only while appends keep arriving: a queue that
+                            // stays quiet for QUIET ends the batch early, so a lone
+                            // publisher does not pay the whole max_delay on every commit.
+                            match self.rx.recv_timeout((deadline - now).min(QUIET)) {
                                 Ok(c) => Some(c),
                                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -705,6 +782,8 @@ impl Writer {
             }
             return;
         }
+        let records: usize = batch.iter().map(|b| b.len()).sum();
+        self.io.commit(records as u64);
         for (class, pend) in batch.into_iter().enumerate() {
             if !pend.is_empty() {
                 self.commit_class(class, pend);
@@ -753,10 +832,12 @@ impl Writer {
         if frames.is_empty() {
             return;
         }
+        let t0 = Instant::now();
         let sync_res = match self.actives[class].as_mut() {
             Some(a) => a.sync(),
             None => Err(StoreError::Closed),
         };
+        self.io.fsync(t0.elapsed());
         if let Err(e) = &sync_res {
             tracing::error!(class = %c.name, error = %e, "commit failed; appends refused with an I/O error");
         }
@@ -787,6 +868,15 @@ impl Writer {
                 seg.logical_bytes += f.header.raw_len as u64;
                 seg.len = if f.synced { f.end_offset } else { active_len };
                 c.disk_bytes
+                    .fetch_add(f.header.frame_len(), Ordering::Relaxed);
+                self.io
+                    .records
+                    .fetch_add(f.header.count as u64, Ordering::Relaxed);
+                self.io
+                    .logical
+                    .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
+                self.io
+                    .frame_bytes
                     .fetch_add(f.header.frame_len(), Ordering::Relaxed);
                 completed.push(f);
             }
@@ -953,7 +1043,11 @@ impl Writer {
     fn roll(&mut self, class: ClassId, earlier: &mut [FrameWritten]) -> Result<()> {
         let c = self.classes[class].clone();
         if let Some(a) = self.actives[class].as_mut() {
-            a.sync()?;
+            if a.pending > 0 {
+                let t0 = Instant::now();
+                a.sync()?;
+                self.io.fsync(t0.elapsed());
+            }
         }
         for f in earlier.iter_mut() {
             f.synced = true;

@@ -204,6 +204,34 @@ pub struct ClassStats {
     pub refused_headroom: u64,
 }
 
+/// Fixed histogram bucket upper bounds (seconds) for fsync latency.
+pub const FSYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Fixed histogram bucket upper bounds (records) for commit batch sizes.
+pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+/// Counters of the writer's I/O since the store was opened (for metrics and the bench).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IoStats {
+    /// Group commits that wrote at least one frame.
+    pub commits: u64,
+    /// fdatasync calls on segment files.
+    pub fsyncs: u64,
+    pub fsync_seconds_sum: f64,
+    /// Cumulative counts per `FSYNC_BUCKETS` bound (Prometheus style), plus +Inf last.
+    pub fsync_buckets: Vec<u64>,
+    /// Records per group commit, cumulative per `BATCH_BUCKETS` bound, plus +Inf last.
+    pub batch_buckets: Vec<u64>,
+    pub batch_records_sum: u64,
+    pub records_written: u64,
+    pub logical_bytes_written: u64,
+    pub frame_bytes_written: u64,
+    /// Turns of the writer's loop: at least one a second even when idle, so a counter that
+    /// stops moving means a wedged writer (the systemd watchdog watches it).
+    pub writer_loops: u64,
+}
+
 /// Errors from the store. Messages say what failed and where.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -319,6 +347,11 @@ impl Store {
 
     pub fn stats(&self) -> Vec<ClassStats> {
         self.inner.stats()
+    }
+
+    /// Writer I/O counters (commits, fsync latency, batch sizes, bytes written).
+    pub fn io_stats(&self) -> IoStats {
+        self.inner.io.snapshot()
     }
 
     /// Applies `max_age` now (the writer also does this about once a second).

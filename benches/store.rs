@@ -1,0 +1,301 @@
+//! Store benchmark: append throughput with group commit against the raw write+fdatasync rate
+//! of the same bytes and batch sizes on the same disk, bytes on disk per logical byte, read
+//! throughput with RSS, and open (recovery) time of a 1 GB store.
+//!
+//! Run: `cargo bench --bench store` (env: FERRY_BENCH_DIR=/path/on/the/disk/to/test,
+//! FERRY_BENCH_MESSAGES=2000000, FERRY_BENCH_OPEN_GB=1). Prints a Markdown table.
+
+use bytes::Bytes;
+use ferry::store::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 256;
+
+/// 200-byte-ish JSON telemetry, varied like a real fleet (ids, values, timestamps differ).
+fn telemetry(i: u64) -> Record {
+    let payload = format!(
+        "{{\"device\":\"plc-{:04}\",\"ts\":{},\"line\":{},\"temp_c\":{:.2},\"pressure_kpa\":{:.1},\"rpm\":{},\"state\":\"{}\",\"seq\":{}}}",
+        i % 500,
+        1_763_000_000_000u64 + i * 10,
+        i % 12,
+        20.0 + ((i * 7919) % 1000) as f64 / 37.0,
+        101.0 + ((i * 104729) % 500) as f64 / 10.0,
+        1400 + (i * 31) % 200,
+        ["running", "idle", "warming"][(i % 3) as usize],
+        i
+    );
+    Record {
+        timestamp_ms: 1_763_000_000_000 + i * 10,
+        topic: format!(
+            "site/hall{}/line{}/plc-{:04}/telemetry",
+            i % 3,
+            i % 12,
+            i % 500
+        ),
+        qos: 1,
+        retain: false,
+        client_id: format!("plc-{:04}", i % 500),
+        user_properties: vec![],
+        content_type: None,
+        payload: Bytes::from(payload),
+    }
+}
+
+fn rss_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn class(name: &str) -> ClassOptions {
+    ClassOptions {
+        name: name.into(),
+        max_bytes: 64 << 30,
+        max_age: None,
+        overflow: Overflow::DropOldest,
+    }
+}
+
+fn opts(dir: &Path, level: i32) -> StoreOptions {
+    let mut o = StoreOptions::new(dir, vec![class("telemetry")]);
+    o.compression_level = level;
+    o.commit_max_delay = Duration::from_millis(5);
+    o.commit_max_bytes = 1 << 20;
+    o
+}
+
+/// Appends `n` records in groups of BATCH (all tickets of a group awaited together, so each
+/// group is one commit); returns (seconds, io stats).
+fn append_run(dir: &Path, level: i32, n: u64) -> (f64, IoStats, ClassStats) {
+    let (store, _) = Store::open(opts(dir, level)).unwrap();
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let tickets: Vec<_> = (0..BATCH as u64)
+            .map(|k| store.append(0, telemetry(i + k)).unwrap())
+            .collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+        i += BATCH as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let io = store.io_stats();
+    let st = store.stats().remove(0);
+    store.close().unwrap();
+    (secs, io, st)
+}
+
+/// The same message bytes, BATCH at a time: one write + fdatasync per batch, no framing.
+fn raw_run(dir: &Path, n: u64) -> f64 {
+    let path = dir.join("raw.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut buf = Vec::with_capacity(BATCH * 256);
+    let t0 = Instant::now();
+    let mut i = 0;
+    while i < n {
+        buf.clear();
+        for k in 0..BATCH as u64 {
+            let r = telemetry(i + k);
+            buf.extend_from_slice(r.topic.as_bytes());
+            buf.extend_from_slice(r.client_id.as_bytes());
+            buf.extend_from_slice(&r.payload);
+        }
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+        i += BATCH as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).unwrap();
+    secs
+}
+
+fn read_run(dir: &Path, level: i32) -> (f64, u64, u64, u64) {
+    let mut o = opts(dir, level);
+    o.read_only = true;
+    let (store, _) = Store::open(o).unwrap();
+    let rss_before = rss_kb("VmRSS:");
+    let mut r = store.reader(0, 1).unwrap();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    let mut peak = 0;
+    loop {
+        let b = r.read_batch(1000, 1 << 20).unwrap();
+        if b.is_empty() {
+            break;
+        }
+        n += b.len() as u64;
+        if n % 100_000 < 1000 {
+            peak = peak.max(rss_kb("VmRSS:"));
+        }
+    }
+    (
+        t0.elapsed().as_secs_f64(),
+        n,
+        rss_before,
+        peak.max(rss_kb("VmRSS:")),
+    )
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let base = std::env::var("FERRY_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let n: u64 = std::env::var("FERRY_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let open_gb: f64 = std::env::var("FERRY_BENCH_OPEN_GB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let n = n / BATCH as u64 * BATCH as u64;
+    let work = tempfile::tempdir_in(&base).unwrap();
+    println!(
+        "# ferry store bench: {n} x ~200 B JSON telemetry, groups of {BATCH}, dir {}",
+        base.display()
+    );
+
+    // Interleave raw and store runs so disk noise hits both alike.
+    let raw1 = raw_run(work.path(), n);
+    let zdir = work.path().join("zstd");
+    let (zs, zio, zst) = append_run(&zdir, 3, n);
+    let raw2 = raw_run(work.path(), n);
+    let rdir = work.path().join("raw");
+    let (rs, rio, _) = append_run(&rdir, 0, n);
+    let raw = (raw1 + raw2) / 2.0;
+    let msg_bytes: u64 = (0..n)
+        .map(|i| {
+            let r = telemetry(i);
+            (r.topic.len() + r.client_id.len() + r.payload.len()) as u64
+        })
+        .sum();
+
+    let (read_s, read_n, rss0, rss_peak) = read_run(&zdir, 3);
+    assert_eq!(read_n, n);
+
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| raw write+fdatasync, same bytes, groups of {BATCH} | {:.0} msg/s ({:.1} MB/s) |",
+        n as f64 / raw,
+        msg_bytes as f64 / raw / 1e6
+    );
+    println!(
+        "| store append, zstd level 3 | {:.0} msg/s — ratio to raw {:.2} |",
+        n as f64 / zs,
+        raw / zs
+    );
+    println!(
+        "| store append, compression off | {:.0} msg/s — ratio to raw {:.2} |",
+        n as f64 / rs,
+        raw / rs
+    );
+    println!(
+        "| commits / fsyncs (zstd run) | {} / {} (mean fsync {:.2} ms, {:.0} records per commit) |",
+        zio.commits,
+        zio.fsyncs,
+        zio.fsync_seconds_sum / zio.fsyncs.max(1) as f64 * 1e3,
+        zio.batch_records_sum as f64 / zio.commits.max(1) as f64
+    );
+    println!(
+        "| bytes on disk / logical byte (zstd) | {:.3} ({} / {}) |",
+        zst.disk_bytes as f64 / zst.logical_bytes as f64,
+        zst.disk_bytes,
+        zst.logical_bytes
+    );
+    println!(
+        "| bytes on disk / message byte (topic+client id+payload, zstd) | {:.3} |",
+        zst.disk_bytes as f64 / msg_bytes as f64
+    );
+    println!(
+        "| bytes on disk / logical byte (compression off) | {:.3} |",
+        rio.frame_bytes_written as f64 / rio.logical_bytes_written as f64
+    );
+    println!(
+        "| read (zstd store, from disk cache) | {:.0} msg/s |",
+        read_n as f64 / read_s
+    );
+    println!(
+        "| RSS while reading the whole class | {} KiB before, {} KiB peak |",
+        rss0, rss_peak
+    );
+    drop(work);
+
+    // Open time of a store with `open_gb` GB on disk (compression off: the most bytes to check).
+    let work = tempfile::tempdir_in(&base).unwrap();
+    let big = work.path().join("big");
+    let per = telemetry(0).logical_size() as u64 + 6;
+    let big_n = ((open_gb * 1e9) as u64 / per) / BATCH as u64 * BATCH as u64;
+    let (bs, _, bst) = append_run(&big, 0, big_n);
+    let disk = dir_bytes(&big);
+    let t0 = Instant::now();
+    let (store, report) = Store::open(opts(&big, 0)).unwrap();
+    let open_s = t0.elapsed().as_secs_f64();
+    let rss_open = rss_kb("VmRSS:");
+    store.close().unwrap();
+    drop(store);
+    // Cold cache, if this process may drop caches (root on a real machine).
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    let t0 = Instant::now();
+    let (store, _) = Store::open(opts(&big, 0)).unwrap();
+    let open_cold = t0.elapsed().as_secs_f64();
+    store.close().unwrap();
+    let (read_s, read_n, rss0, rss_peak) = read_run(&big, 0);
+    println!(
+        "| build {:.2} GB store (compression off) | {:.0} msg/s, {} records, {} segments |",
+        disk as f64 / 1e9,
+        big_n as f64 / bs,
+        bst.records,
+        bst.segments
+    );
+    println!("| open {:.2} GB store, page cache warm | {:.3} s ({} segments, {} bytes CRC-checked; RSS {} KiB) |",
+        disk as f64 / 1e9, open_s, report.segments_scanned, report.bytes_scanned, rss_open);
+    println!(
+        "| open {:.2} GB store, {} | {:.3} s |",
+        disk as f64 / 1e9,
+        if cold {
+            "page cache dropped"
+        } else {
+            "page cache NOT dropped (no permission)"
+        },
+        open_cold
+    );
+    println!(
+        "| read {:.2} GB class | {:.0} msg/s; RSS {} KiB before, {} KiB peak |",
+        disk as f64 / 1e9,
+        read_n as f64 / read_s,
+        rss0,
+        rss_peak
+    );
+}

@@ -1,1 +1,0 @@
-//! Configuration (in progress on the config branch).
