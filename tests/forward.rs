@@ -1095,3 +1095,92 @@ fn ranges(v: &[u64]) -> Vec<(u64, u64)> {
     }
     out
 }
+
+/// Priority with minimum shares through the whole forwarder (fwd-policy's scheduler behind
+/// `Configured`, throttled so the drain takes seconds): while both classes are backlogged the
+/// high class gets most of the link but the low class at least about its minimum share, and a
+/// fresh high-class message overtakes the low class's backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_with_minimum_share() {
+    use ferry::forward::clock::{Clock, SystemClock};
+    use ferry::forward::policy::Configured;
+    use ferry::forward::schedule::{ClassPolicy, Scheduler};
+    use ferry::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
+    use ferry::forward::window::{Schedule, Windows};
+    use std::sync::Arc;
+
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ferry.alarms", 1, 1).unwrap();
+    mock.create_topic("ferry.bulk", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), &["alarms", "bulk"]);
+    // 2 MiB of backlog in each class; the link does 256 KiB/s, so neither drains in the test.
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let mut tickets = Vec::new();
+    for i in 0..2048u64 {
+        tickets.push(
+            store
+                .append(0, record("a", "c", i, payload.clone()))
+                .unwrap(),
+        );
+        tickets.push(
+            store
+                .append(1, record("b", "c", i, payload.clone()))
+                .unwrap(),
+        );
+    }
+    for t in tickets {
+        t.await.unwrap();
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::local());
+    let now = clock.now();
+    let scheduler = Scheduler::new(vec![
+        ClassPolicy {
+            name: "alarms".into(),
+            priority: 10,
+            min_share: 0.0,
+        },
+        ClassPolicy {
+            name: "bulk".into(),
+            priority: 0,
+            min_share: 0.25,
+        },
+    ])
+    .unwrap()
+    .with_half_life(256 << 10)
+    .unwrap();
+    let policy = Configured::new(
+        clock,
+        Windows::new(Schedule::always()),
+        scheduler,
+        Throttles::new(
+            Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(256 << 10)), &now),
+            vec![],
+        ),
+    );
+    let mut opts = test_opts(&mock.bootstrap_servers());
+    opts.batch_max_records = 16;
+    let dl = DeadLetters::open(dir.path()).unwrap();
+    let (fwd, h) = Forwarder::new(store.clone(), dl, opts, Box::new(policy)).unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(fwd.run(async move {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (a, b) = (store.acked(0).seq, store.acked(1).seq);
+    let share_b = b as f64 / (a + b) as f64;
+    eprintln!("after 4 s: alarms {a}, bulk {b}, bulk share {share_b:.2}");
+    assert!(
+        a > b,
+        "the high class must get most of the link: {a} vs {b}"
+    );
+    assert!(
+        share_b >= 0.15,
+        "the low class must get about its minimum share (0.25): {share_b:.2}"
+    );
+    assert!(a + b < 4096, "the throttle held: {}", a + b);
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert_eq!(h.status().dead_lettered, 0);
+    drop(mock);
+}
