@@ -568,6 +568,7 @@ async fn record_too_large_goes_to_dead_letter_and_queue_drains() {
     let st = h.status();
     assert_eq!(st.dead_lettered, 1, "{st:?}");
     assert_eq!(st.classes[0].dead_lettered, 1);
+    assert_eq!(st.dead_letter_entries, 1);
 
     let b = bootstrap.clone();
     let got = consume(
@@ -1030,7 +1031,10 @@ async fn throttle_limits_the_drain_rate() {
 }
 
 /// A permanent error from the broker (topic authorization failed on a produce request) moves
-/// the affected record to the dead-letter log; later records are delivered.
+/// the affected records to the dead-letter log instead of blocking the class; nothing is lost:
+/// every record is either delivered or dead-lettered. (librdkafka remembers a topic's
+/// authorization error until its next metadata refresh, so records produced right after the
+/// failure can be refused too: that is why the test accepts more than one dead letter.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_permanent_error_dead_letters_the_record() {
     let mock = MockCluster::new(1).unwrap();
@@ -1049,7 +1053,7 @@ async fn broker_permanent_error_dead_letters_the_record() {
     );
     append(&store, 0, record("a", "c", 2, "denied")).await;
     assert!(
-        eventually(Duration::from_secs(20), || h.status().dead_lettered == 1).await,
+        eventually(Duration::from_secs(20), || h.status().dead_lettered >= 1).await,
         "{:?}",
         h.status()
     );
@@ -1058,29 +1062,44 @@ async fn broker_permanent_error_dead_letters_the_record() {
     }
     assert!(
         eventually(Duration::from_secs(30), || store.acked(0).seq == 10).await,
-        "{:?}",
+        "the class must keep draining: {:?}",
         h.status()
     );
     running.stop().await;
     let dl = DeadLetters::open(dir.path()).unwrap();
     let list = dl.list();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].seq, 2);
+    assert_eq!(list[0].seq, 2, "{list:?}");
     assert!(
-        list[0].reason.contains("TopicAuthorizationFailed"),
-        "{}",
-        list[0].reason
+        list.iter()
+            .all(|e| e.reason.contains("TopicAuthorizationFailed")),
+        "{list:?}"
     );
+    let dead: BTreeSet<String> = list
+        .iter()
+        .map(|e| format!("gw1/telemetry/{}", e.seq))
+        .collect();
+    let n_live = 10 - dead.len();
     let got = consume(
         &bootstrap,
         &[("ferry.telemetry", 1)],
         Duration::from_secs(20),
-        |r| ids(r).len() >= 9,
+        move |r| ids(r).len() >= n_live,
     )
     .await;
-    let mut want = seq_ids("telemetry", 1..=10);
-    want.remove("gw1/telemetry/2");
-    assert_eq!(ids(&got), want);
+    let delivered = ids(&got);
+    assert!(delivered.is_disjoint(&dead), "dead-lettered and delivered");
+    let all: BTreeSet<String> = delivered.union(&dead).cloned().collect();
+    assert_eq!(
+        all,
+        seq_ids("telemetry", 1..=10),
+        "every record delivered or dead-lettered"
+    );
+    assert!(delivered.contains("gw1/telemetry/1"));
+    eprintln!(
+        "auth failure: {} dead letters, {} delivered",
+        dead.len(),
+        delivered.len()
+    );
     drop(mock);
 }
 

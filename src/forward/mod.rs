@@ -193,6 +193,8 @@ pub struct ForwarderStatus {
     pub acked_records: u64,
     pub acked_bytes: u64,
     pub dead_lettered: u64,
+    /// Entries waiting in the dead-letter log (all time, not just this run).
+    pub dead_letter_entries: u64,
     pub resent_records: u64,
     pub in_flight_bytes: u64,
     /// Acknowledged records and bytes per second over the last few seconds.
@@ -511,6 +513,7 @@ impl Forwarder {
                 acked_records: 0,
                 acked_bytes: 0,
                 dead_lettered: 0,
+                dead_letter_entries: deadletters.counters().entries,
                 resent_records: 0,
                 in_flight_bytes: 0,
                 drain_records_per_sec: 0.0,
@@ -1025,6 +1028,7 @@ impl Forwarder {
         }
 
         // Send until the in-flight limit, the throttle, or no class has anything ready.
+        let mut dry = vec![false; self.classes.len()];
         loop {
             if self.inflight_bytes >= self.opts.max_in_flight_bytes {
                 break;
@@ -1032,7 +1036,7 @@ impl Forwarder {
             let now = Instant::now();
             let mut candidates = Vec::new();
             for c in &self.classes {
-                if paused[c.id] || c.failed {
+                if paused[c.id] || c.failed || dry[c.id] {
                     continue;
                 }
                 if let Some(t) = c.retry_at {
@@ -1054,7 +1058,10 @@ impl Forwarder {
                 break;
             };
             match self.send_batch(class).await {
-                Ok(()) => {}
+                Ok(true) => {}
+                // Nothing readable after all: leave the class alone until the next wake-up,
+                // so a commit notification that runs ahead of readability cannot spin us.
+                Ok(false) => dry[class] = true,
                 Err(Some(wait)) => {
                     let t = Instant::now() + wait;
                     self.throttle_wait = Some(t);
@@ -1069,7 +1076,7 @@ impl Forwarder {
 
     /// Reads (if needed) and produces one batch of `class`. `Err(Some(wait))`: the throttle
     /// asks to wait; `Err(None)`: stop sending for now (queue full, producer reset).
-    async fn send_batch(&mut self, class: ClassId) -> Result<(), Option<Duration>> {
+    async fn send_batch(&mut self, class: ClassId) -> Result<bool, Option<Duration>> {
         if self.classes[class].staged.is_empty() {
             let Some(mut reader) = self.classes[class].reader.take() else {
                 return Err(None);
@@ -1105,7 +1112,7 @@ impl Forwarder {
                     c.retry_at = Some(Instant::now() + wait);
                     let msg = format!("reading class {} from the store: {e}", c.name);
                     self.note_error(msg);
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
                     // The reader was lost with the task; reopen it at the acked position and
@@ -1120,11 +1127,12 @@ impl Forwarder {
                         }
                     }
                     self.note_error(format!("store read task failed: {e}"));
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             if self.classes[class].staged.is_empty() {
-                return Ok(());
+                // Caught up after all (the commit we saw is not readable yet, or was dropped).
+                return Ok(false);
             }
         }
 
@@ -1292,7 +1300,7 @@ impl Forwarder {
         }
         self.policy.sent(class, sent_bytes);
         self.sent_bytes += sent_bytes;
-        Ok(())
+        Ok(true)
     }
 
     fn publish_status(&mut self) {
@@ -1309,7 +1317,9 @@ impl Forwarder {
             };
         }
         let (rr, br) = (*rr, *br);
+        let dead_letter_entries = self.deadletters.counters().entries;
         let mut st = self.shared.status.lock();
+        st.dead_letter_entries = dead_letter_entries;
         st.link = self.link;
         st.link_since_ms = self.link_since_ms;
         st.last_error = self.last_error.as_ref().map(|(m, _)| m.clone());
