@@ -64,6 +64,10 @@ fn tansu_harness_round_trip() {
         |_| false,
     );
     assert!(got.is_empty());
+
+    broker.restart_on_new_port();
+    assert_ne!(broker.port(), port);
+    broker.create_topic("moved", 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,10 +34,14 @@
 //!
 //! ## Link state
 //! `connecting` until the first report; `online` after a successful delivery; `offline` when
-//! librdkafka reports all brokers down or a send fails with a transport error; `stalled` when
-//! the watchdog found records in flight and no acknowledgement progress for `stall_timeout`
-//! while not offline — it then recreates the producer (counted in `stalls`). Repeated failures
-//! back off exponentially up to `backoff_max`; warnings are rate-limited.
+//! librdkafka reports all brokers down or a send fails with a transport error or timeout.
+//! The watchdog runs while records await delivery (in flight, or a class backing off after a
+//! failure): no acknowledgement for `stall_timeout` while not offline is a *stall* (counted in
+//! `stalls`, link `stalled`) and recreates the producer; while offline it also recreates the
+//! producer, spaced by a backoff that doubles per reset up to `backoff_max`, because a producer
+//! can stay wedged after a broker restart (measured with tansu: endless timeouts until a fresh
+//! producer id). Failed classes back off exponentially (`backoff_min`..`backoff_max`) before
+//! re-sending; warnings are rate-limited (one per 30 s with a count of the suppressed ones).
 //!
 //! ## Shutdown
 //! Stop taking new work, wait up to `shutdown_flush_timeout` for in-flight reports, persist the
