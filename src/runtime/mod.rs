@@ -64,6 +64,11 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     for w in cfg.warnings() {
         tracing::warn!("config: {w}");
     }
+    // Signals first: a SIGTERM that arrives any time after this (even during recovery, or
+    // right after READY) is a graceful stop, never the default kill.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     notify::status("recovering the message store");
 
     // The store first: nothing is accepted before recovery finished.
@@ -146,10 +151,6 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     notify::status("running");
     tracing::info!(config = %path.display(), "ferry is running");
 
-    // Signals: TERM/INT stop, HUP reloads.
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut current = cfg;
     loop {
         tokio::select! {
