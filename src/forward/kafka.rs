@@ -1,1 +1,383 @@
-//! (in progress)
+//! The Kafka producer: construction, delivery reports, and what each error means for ferry.
+//!
+//! ## Why `ThreadedProducer` and a channel, not `FutureProducer`
+//! The forwarder needs every delivery report, in the order librdkafka produces them, on one
+//! task that owns the per-class in-flight tables. A `ThreadedProducer` whose context pushes each
+//! report (tagged with class, sequence and producer generation) into an unbounded channel does
+//! exactly that: no future or oneshot per message, no ordering question between futures, and
+//! the poll thread keeps serving callbacks (including the client error callback that tells us
+//! the link is down) even while the forwarder sleeps in a closed window. The channel is
+//! unbounded but cannot grow past the forwarder's in-flight limit: one report per record sent.
+//!
+//! ## Producer settings ferry insists on
+//! `enable.idempotence=true` and `acks=all` (no duplicates or reordering from librdkafka's own
+//! retries, per-partition order kept), `message.timeout.ms` long (default 5 min) because ferry
+//! keeps the record on disk and re-sends it itself; a timeout is a reported, retriable failure,
+//! never a silent drop. Passthrough properties may tune anything else (SASL, TLS, batching), but
+//! not weaken those two: [`KafkaOptions::client_config`] refuses that.
+//!
+//! ## Generations
+//! Each producer instance has a generation number. When the forwarder replaces a producer
+//! (fatal error, stall), the old one's purge reports still arrive; they carry the old
+//! generation and the forwarder ignores them, because it already rewound every class to its
+//! acknowledged position.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::mapping::KafkaRecord;
+use crate::store::ClassId;
+
+/// Kafka connection and producer settings (the `[kafka]` section of the config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaOptions {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// Kafka `client.id`, visible in broker logs and quotas. Default `ferry`.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (default).
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// How long librdkafka waits to fill a batch. Default 20 ms: bigger batches for catch-up,
+    /// still well under the "fresh data overtakes backlog within one batch interval" budget.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// librdkafka's `message.timeout.ms`. Default 300000 (5 min). A timed-out record is
+    /// reported and re-sent by ferry from its acknowledged position.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Whether the cluster auto-creates topics. When false (default), "unknown topic" is a
+    /// permanent error for that record (dead letter); when true it is retried.
+    #[serde(default)]
+    pub topic_auto_create: bool,
+    /// Any other librdkafka property, passed through verbatim (SASL, TLS, batch sizes...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_client_id() -> String {
+    "ferry".into()
+}
+fn default_compression() -> String {
+    "zstd".into()
+}
+fn default_linger_ms() -> u64 {
+    20
+}
+fn default_message_timeout_ms() -> u64 {
+    300_000
+}
+
+impl KafkaOptions {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaOptions {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: default_client_id(),
+            compression: default_compression(),
+            linger_ms: default_linger_ms(),
+            message_timeout_ms: default_message_timeout_ms(),
+            topic_auto_create: false,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The librdkafka configuration for a ferry producer.
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
+        for (k, v) in &self.properties {
+            let weakens = match k.as_str() {
+                "enable.idempotence" => v != "true",
+                "acks" | "request.required.acks" => v != "all" && v != "-1",
+                _ => false,
+            };
+            if weakens {
+                return Err(KafkaSetupError::Weakens {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set("compression.type", &self.compression)
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // ferry bounds what it has in flight itself; librdkafka's queue only needs to
+            // be larger than that so `send` does not report QueueFull in normal operation.
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+}
+
+/// Errors creating a producer (configuration problems; they need an operator).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("kafka property `{key} = {value}` would weaken ferry's delivery guarantee (enable.idempotence must be true, acks must be all): remove it from [kafka.properties]")]
+    Weakens { key: String, value: String },
+    #[error(
+        "creating the Kafka producer for {bootstrap}: {source}: check [kafka] in the configuration"
+    )]
+    Create {
+        bootstrap: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// What an error means for the record (or the producer) it happened to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Will never succeed for this record: dead-letter it and keep draining.
+    Permanent,
+    /// The producer instance is unusable: recreate it and re-send from the acknowledged position.
+    Fatal,
+    /// Anything else: re-send from the acknowledged position after a backoff, forever.
+    Retriable,
+}
+
+/// Classifies a librdkafka error code. `topic_auto_create` decides whether an unknown topic
+/// can appear later (retriable) or never will (permanent).
+pub fn classify_code(code: RDKafkaErrorCode, topic_auto_create: bool) -> Disposition {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::MessageBatchTooLarge
+        | C::InvalidRecord
+        | C::InvalidMessage
+        | C::InvalidTopic
+        | C::InvalidTimestamp
+        | C::TopicAuthorizationFailed
+        | C::PolicyViolation => Disposition::Permanent,
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => {
+            if topic_auto_create {
+                Disposition::Retriable
+            } else {
+                Disposition::Permanent
+            }
+        }
+        C::Fatal
+        | C::ProducerFenced
+        | C::Fenced
+        | C::InvalidProducerEpoch
+        | C::InvalidProducerIdMapping
+        | C::OutOfOrderSequenceNumber
+        | C::UnknownProducerId => Disposition::Fatal,
+        _ => Disposition::Retriable,
+    }
+}
+
+/// Classifies any error from `send` or a delivery report.
+pub fn classify(err: &KafkaError, topic_auto_create: bool) -> Disposition {
+    match err.rdkafka_error_code() {
+        Some(code) => classify_code(code, topic_auto_create),
+        None => Disposition::Retriable,
+    }
+}
+
+/// Where a delivered record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What the producer's poll thread reports to the forwarder.
+#[derive(Debug)]
+pub enum ProducerEvent {
+    Delivery {
+        generation: u64,
+        class: ClassId,
+        seq: u64,
+        result: Result<Delivered, KafkaError>,
+    },
+    /// librdkafka's client error callback (broker down, transport errors, fatal errors).
+    ClientError {
+        generation: u64,
+        error: KafkaError,
+        reason: String,
+    },
+}
+
+/// The tag that travels with each message through librdkafka.
+pub struct Tag {
+    class: ClassId,
+    seq: u64,
+}
+
+/// The producer context: forwards reports into the forwarder's channel.
+pub struct FerryContext {
+    generation: u64,
+    events: UnboundedSender<ProducerEvent>,
+}
+
+impl ClientContext for FerryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        // librdkafka logs every reconnect attempt; the forwarder logs link state changes
+        // itself (rate-limited), so these stay at debug unless they are real errors.
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::warn!(target: "ferry::forward::librdkafka", facility = fac, "{msg}")
+            }
+            _ => tracing::debug!(target: "ferry::forward::librdkafka", facility = fac, "{msg}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The receiver is gone only while the forwarder shuts down; nothing to tell then.
+        let _ = self.events.send(ProducerEvent::ClientError {
+            generation: self.generation,
+            error,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+impl ProducerContext for FerryContext {
+    type DeliveryOpaque = Box<Tag>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+        let result = match result {
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(e.clone()),
+        };
+        let _ = self.events.send(ProducerEvent::Delivery {
+            generation: self.generation,
+            class: tag.class,
+            seq: tag.seq,
+            result,
+        });
+    }
+}
+
+/// One producer instance (one generation).
+pub struct KafkaProducer {
+    inner: ThreadedProducer<FerryContext>,
+    generation: u64,
+}
+
+impl KafkaProducer {
+    pub fn new(
+        opts: &KafkaOptions,
+        generation: u64,
+        events: UnboundedSender<ProducerEvent>,
+    ) -> Result<KafkaProducer, KafkaSetupError> {
+        let inner = opts
+            .client_config()?
+            .create_with_context(FerryContext { generation, events })
+            .map_err(|source| KafkaSetupError::Create {
+                bootstrap: opts.bootstrap_servers.clone(),
+                source,
+            })?;
+        Ok(KafkaProducer { inner, generation })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Enqueues one record; its delivery report arrives later as a [`ProducerEvent`]. An `Err`
+    /// means librdkafka refused it now (no report will follow).
+    pub fn send(&self, class: ClassId, seq: u64, rec: &KafkaRecord) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut br = BaseRecord::with_opaque_to(&rec.topic, Box::new(Tag { class, seq }))
+            .payload(&rec.payload[..])
+            .timestamp(rec.timestamp_ms)
+            .headers(headers);
+        if let Some(k) = &rec.key {
+            br = br.key(k.as_str());
+        }
+        self.inner.send(br).map_err(|(e, _)| e)
+    }
+
+    /// The producer's fatal error, if it entered the fatal state (idempotence violated).
+    pub fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.inner.client().fatal_error()
+    }
+
+    pub fn in_flight_count(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for everything queued to be delivered (or fail).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        use RDKafkaErrorCode as C;
+        assert_eq!(
+            classify_code(C::MessageSizeTooLarge, false),
+            Disposition::Permanent
+        );
+        assert_eq!(
+            classify_code(C::UnknownTopicOrPartition, false),
+            Disposition::Permanent
+        );
+        assert_eq!(
+            classify_code(C::UnknownTopicOrPartition, true),
+            Disposition::Retriable
+        );
+        assert_eq!(classify_code(C::ProducerFenced, false), Disposition::Fatal);
+        assert_eq!(classify_code(C::Fatal, false), Disposition::Fatal);
+        assert_eq!(
+            classify_code(C::MessageTimedOut, false),
+            Disposition::Retriable
+        );
+        assert_eq!(
+            classify_code(C::NotEnoughReplicas, false),
+            Disposition::Retriable
+        );
+    }
+
+    #[test]
+    fn guarantees_cannot_be_weakened() {
+        let mut o = KafkaOptions::new("127.0.0.1:1");
+        o.properties.insert("acks".into(), "1".into());
+        assert!(matches!(
+            o.client_config(),
+            Err(KafkaSetupError::Weakens { .. })
+        ));
+        o.properties.clear();
+        o.properties
+            .insert("enable.idempotence".into(), "false".into());
+        assert!(o.client_config().is_err());
+        o.properties.clear();
+        o.properties.insert("batch.size".into(), "100000".into());
+        let c = o.client_config().unwrap();
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("batch.size"), Some("100000"));
+    }
+}

@@ -1,1 +1,474 @@
-//! (in progress)
+//! From a stored MQTT record to a Kafka record: topic, key, headers, timestamp.
+//!
+//! Each class has a Kafka topic template and an optional key template; classification rules can
+//! override both for the MQTT topics their filter matches (the first matching rule wins, in
+//! configuration order, the class's templates are the fallback). Templates are parsed once, when
+//! the forwarder starts, so a typo is a configuration error at startup and not a dead letter at
+//! 3 a.m.
+//!
+//! ```text
+//! template      = { literal | placeholder }
+//! placeholder   = "{1}" .. "{9}"   MQTT topic level (1-based; "site/line1/temp": {2} = "line1")
+//!               | "{topic}" | "{client_id}" | "{class}" | "{gateway}"
+//! literal "{{" and "}}" stand for "{" and "}"
+//! ```
+//!
+//! Every Kafka record carries these headers (all values UTF-8):
+//!
+//! | header             | value                                                        |
+//! |--------------------|--------------------------------------------------------------|
+//! | `mqtt.topic`       | the MQTT topic                                               |
+//! | `mqtt.qos`         | `0`, `1` or `2`                                              |
+//! | `mqtt.retain`      | `true` / `false`                                             |
+//! | `mqtt.client_id`   | the publishing client's id                                   |
+//! | `ferry.gateway`    | the gateway id from the configuration                        |
+//! | `ferry.class`      | the priority class                                           |
+//! | `ferry.seq`        | `gateway/class/seq`: stable across re-sends, for deduplication |
+//! | `ferry.received_at`| receive time at the gateway, ms since the Unix epoch         |
+//! | `content-type`     | MQTT v5 content type, when present                           |
+//! | *name*             | each MQTT v5 user property, in the order received            |
+//!
+//! The Kafka record timestamp is the gateway receive time (`CreateTime`), not the send time, so
+//! a backlog drained after an outage keeps its real time line downstream.
+
+use crate::store::{ClassId, StoredRecord};
+use crate::topic::filter_matches;
+
+/// Kafka's own limit on topic names (`Topic.MAX_NAME_LENGTH`).
+const KAFKA_TOPIC_MAX_LEN: usize = 249;
+
+/// Errors from parsing or applying a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("template `{template}`: {what} (placeholders: {{1}}..{{9}}, {{topic}}, {{client_id}}, {{class}}, {{gateway}}; write {{{{ and }}}} for literal braces)")]
+    BadTemplate { template: String, what: String },
+    #[error("rule filter `{filter}` is not a valid MQTT topic filter: {what}")]
+    BadFilter { filter: String, what: String },
+    #[error("template `{template}` uses topic level {{{level}}} but MQTT topic `{topic}` has only {levels} level(s)")]
+    MissingLevel {
+        template: String,
+        level: usize,
+        topic: String,
+        levels: usize,
+    },
+    #[error("template `{template}` produced `{topic}` for MQTT topic `{mqtt_topic}`, which is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-], not `.` or `..`)")]
+    InvalidKafkaTopic {
+        template: String,
+        topic: String,
+        mqtt_topic: String,
+    },
+    #[error("no mapping is configured for class id {0}")]
+    UnknownClass(ClassId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Level(usize),
+    Topic,
+    ClientId,
+    Class,
+    Gateway,
+}
+
+/// A parsed topic or key template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+impl Template {
+    pub fn parse(source: &str) -> Result<Template, MappingError> {
+        let bad = |what: String| MappingError::BadTemplate {
+            template: source.to_string(),
+            what,
+        };
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = source.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '}' => return Err(bad("unmatched `}`".into())),
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(bad(format!("unclosed `{{{name}`"))),
+                        }
+                    }
+                    let part = match name.as_str() {
+                        "topic" => Part::Topic,
+                        "client_id" => Part::ClientId,
+                        "class" => Part::Class,
+                        "gateway" => Part::Gateway,
+                        n if n.len() == 1 && matches!(n.as_bytes()[0], b'1'..=b'9') => {
+                            Part::Level(usize::from(n.as_bytes()[0] - b'0'))
+                        }
+                        n => return Err(bad(format!("unknown placeholder `{{{n}}}`"))),
+                    };
+                    if !lit.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(part);
+                }
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        Ok(Template {
+            source: source.to_string(),
+            parts,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders the template for one record.
+    pub fn render(
+        &self,
+        mqtt_topic: &str,
+        client_id: &str,
+        class: &str,
+        gateway: &str,
+    ) -> Result<String, MappingError> {
+        let mut out = String::with_capacity(self.source.len() + mqtt_topic.len());
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Topic => out.push_str(mqtt_topic),
+                Part::ClientId => out.push_str(client_id),
+                Part::Class => out.push_str(class),
+                Part::Gateway => out.push_str(gateway),
+                Part::Level(n) => match mqtt_topic.split('/').nth(n - 1) {
+                    Some(level) => out.push_str(level),
+                    None => {
+                        return Err(MappingError::MissingLevel {
+                            template: self.source.clone(),
+                            level: *n,
+                            topic: mqtt_topic.to_string(),
+                            levels: mqtt_topic.split('/').count(),
+                        })
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Configuration of one class's mapping (embedded in the ferry config file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassMappingConfig {
+    /// Kafka topic template, e.g. `"ferry.{class}"` or `"plant.{2}"`.
+    pub topic: String,
+    /// Kafka key template; no key (round-robin/sticky partitioning) when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Per-rule overrides, tried in order before the class's own templates.
+    #[serde(default)]
+    pub rules: Vec<RuleMappingConfig>,
+}
+
+/// An override for the MQTT topics matching `filter`; absent templates fall back to the class's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMappingConfig {
+    pub filter: String,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    filter: String,
+    topic: Option<Template>,
+    key: Option<Template>,
+}
+
+#[derive(Debug, Clone)]
+struct ClassMapping {
+    name: String,
+    topic: Template,
+    key: Option<Template>,
+    rules: Vec<Rule>,
+}
+
+/// A Kafka record ready to be produced (owned; the payload is a zero-copy slice of the store's
+/// read buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub key: Option<String>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub timestamp_ms: i64,
+    pub payload: bytes::Bytes,
+}
+
+impl KafkaRecord {
+    /// Bytes this record puts on the wire, roughly: what the throttle and in-flight limit count.
+    pub fn wire_size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.payload.len() + self.key.as_ref().map_or(0, |k| k.len()) + headers
+    }
+}
+
+/// Maps records of every class; built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Mapper {
+    gateway: String,
+    classes: Vec<ClassMapping>,
+}
+
+impl Mapper {
+    /// `classes[i]` is the mapping of store class id `i` as `(class name, config)`.
+    pub fn new(
+        gateway: impl Into<String>,
+        classes: &[(String, ClassMappingConfig)],
+    ) -> Result<Mapper, MappingError> {
+        let mut out = Vec::with_capacity(classes.len());
+        for (name, cfg) in classes {
+            let mut rules = Vec::with_capacity(cfg.rules.len());
+            for r in &cfg.rules {
+                crate::topic::validate_filter(&r.filter).map_err(|what| {
+                    MappingError::BadFilter {
+                        filter: r.filter.clone(),
+                        what,
+                    }
+                })?;
+                rules.push(Rule {
+                    filter: r.filter.clone(),
+                    topic: r.topic.as_deref().map(Template::parse).transpose()?,
+                    key: r.key.as_deref().map(Template::parse).transpose()?,
+                });
+            }
+            out.push(ClassMapping {
+                name: name.clone(),
+                topic: Template::parse(&cfg.topic)?,
+                key: cfg.key.as_deref().map(Template::parse).transpose()?,
+                rules,
+            });
+        }
+        Ok(Mapper {
+            gateway: gateway.into(),
+            classes: out,
+        })
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    /// The stable id of a record, also sent as the `ferry.seq` header.
+    pub fn record_id(&self, class: ClassId, seq: u64) -> String {
+        let name = self.classes.get(class).map_or("?", |c| c.name.as_str());
+        format!("{}/{}/{}", self.gateway, name, seq)
+    }
+
+    /// Maps one stored record. An error here will never go away by retrying (the record's topic
+    /// does not fit the templates): the caller dead-letters the record.
+    pub fn map(&self, class: ClassId, stored: &StoredRecord) -> Result<KafkaRecord, MappingError> {
+        let cm = self
+            .classes
+            .get(class)
+            .ok_or(MappingError::UnknownClass(class))?;
+        let rec = &stored.record;
+        let rule = cm
+            .rules
+            .iter()
+            .find(|r| filter_matches(&r.filter, &rec.topic));
+        let topic_t = rule.and_then(|r| r.topic.as_ref()).unwrap_or(&cm.topic);
+        let key_t = rule.and_then(|r| r.key.as_ref()).or(cm.key.as_ref());
+        let render = |t: &Template| t.render(&rec.topic, &rec.client_id, &cm.name, &self.gateway);
+        let topic = render(topic_t)?;
+        if !valid_kafka_topic(&topic) {
+            return Err(MappingError::InvalidKafkaTopic {
+                template: topic_t.as_str().to_string(),
+                topic,
+                mqtt_topic: rec.topic.clone(),
+            });
+        }
+        let key = key_t.map(render).transpose()?;
+
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(9 + rec.user_properties.len());
+        headers.push(("mqtt.topic".into(), rec.topic.as_bytes().to_vec()));
+        headers.push(("mqtt.qos".into(), rec.qos.to_string().into_bytes()));
+        headers.push(("mqtt.retain".into(), rec.retain.to_string().into_bytes()));
+        headers.push(("mqtt.client_id".into(), rec.client_id.as_bytes().to_vec()));
+        headers.push(("ferry.gateway".into(), self.gateway.as_bytes().to_vec()));
+        headers.push(("ferry.class".into(), cm.name.as_bytes().to_vec()));
+        headers.push((
+            "ferry.seq".into(),
+            format!("{}/{}/{}", self.gateway, cm.name, stored.seq).into_bytes(),
+        ));
+        headers.push((
+            "ferry.received_at".into(),
+            rec.timestamp_ms.to_string().into_bytes(),
+        ));
+        if let Some(ct) = &rec.content_type {
+            headers.push(("content-type".into(), ct.as_bytes().to_vec()));
+        }
+        for (k, v) in &rec.user_properties {
+            headers.push((k.clone(), v.as_bytes().to_vec()));
+        }
+        Ok(KafkaRecord {
+            topic,
+            key,
+            headers,
+            // Receive times beyond i64 ms are not real clocks; clamp instead of wrapping.
+            timestamp_ms: i64::try_from(rec.timestamp_ms).unwrap_or(i64::MAX),
+            payload: rec.payload.clone(),
+        })
+    }
+}
+
+/// Kafka's topic name rule: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn valid_kafka_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= KAFKA_TOPIC_MAX_LEN
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Record;
+    use bytes::Bytes;
+
+    fn stored(topic: &str) -> StoredRecord {
+        StoredRecord {
+            seq: 42,
+            logical_end: 1000,
+            record: Record {
+                timestamp_ms: 1_700_000_000_123,
+                topic: topic.into(),
+                qos: 1,
+                retain: false,
+                client_id: "plc-7".into(),
+                user_properties: vec![("unit".into(), "C".into())],
+                content_type: Some("application/json".into()),
+                payload: Bytes::from_static(b"21.5"),
+            },
+        }
+    }
+
+    fn mapper() -> Mapper {
+        Mapper::new(
+            "gw1",
+            &[(
+                "telemetry".into(),
+                ClassMappingConfig {
+                    topic: "ferry.{class}".into(),
+                    key: Some("{client_id}".into()),
+                    rules: vec![RuleMappingConfig {
+                        filter: "site/+/alarm/#".into(),
+                        topic: Some("alarms.{2}".into()),
+                        key: Some("{gateway}:{2}:{{x}}".into()),
+                    }],
+                },
+            )],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn templates_parse_and_render() {
+        let t = Template::parse("a.{1}-{3}.{topic}{{}}").unwrap();
+        assert_eq!(t.render("x/y/z", "c", "k", "g").unwrap(), "a.x-z.x/y/z{}");
+        for bad in ["{0}", "{10}", "{nope}", "{1", "x}"] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+        let e = Template::parse("{4}").unwrap().render("a/b", "", "", "");
+        assert!(matches!(
+            e,
+            Err(MappingError::MissingLevel {
+                level: 4,
+                levels: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn class_default_and_rule_override() {
+        let m = mapper();
+        let r = m.map(0, &stored("site/line1/temp")).unwrap();
+        assert_eq!(r.topic, "ferry.telemetry");
+        assert_eq!(r.key.as_deref(), Some("plc-7"));
+        assert_eq!(r.timestamp_ms, 1_700_000_000_123);
+        let h = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(h("ferry.seq").as_deref(), Some("gw1/telemetry/42"));
+        assert_eq!(h("mqtt.qos").as_deref(), Some("1"));
+        assert_eq!(h("mqtt.retain").as_deref(), Some("false"));
+        assert_eq!(h("ferry.received_at").as_deref(), Some("1700000000123"));
+        assert_eq!(h("content-type").as_deref(), Some("application/json"));
+        assert_eq!(h("unit").as_deref(), Some("C"));
+
+        let r = m.map(0, &stored("site/line2/alarm/fire")).unwrap();
+        assert_eq!(r.topic, "alarms.line2");
+        assert_eq!(r.key.as_deref(), Some("gw1:line2:{x}"));
+    }
+
+    #[test]
+    fn unmappable_records_are_errors() {
+        let m = mapper();
+        // `{2}` on a one-level topic.
+        let bad = Mapper::new(
+            "gw1",
+            &[(
+                "c".into(),
+                ClassMappingConfig {
+                    topic: "t.{2}".into(),
+                    key: None,
+                    rules: vec![],
+                },
+            )],
+        )
+        .unwrap();
+        assert!(bad.map(0, &stored("one")).is_err());
+        // A level with characters Kafka refuses.
+        let r = Mapper::new(
+            "gw1",
+            &[(
+                "c".into(),
+                ClassMappingConfig {
+                    topic: "t.{1}".into(),
+                    key: None,
+                    rules: vec![],
+                },
+            )],
+        )
+        .unwrap()
+        .map(0, &stored("a b/x"));
+        assert!(matches!(r, Err(MappingError::InvalidKafkaTopic { .. })));
+        assert!(matches!(
+            m.map(5, &stored("a")),
+            Err(MappingError::UnknownClass(5))
+        ));
+    }
+}

@@ -1,8 +1,1323 @@
-//! Forwarder: drains the store to Kafka (in progress).
+//! The forwarder: drains every class of the store to Kafka, at least once, in order.
+//!
+//! ## Delivery contract
+//! A record leaves its class only after Kafka acknowledged it (`acks=all`, idempotent
+//! producer) or it was moved to the dead-letter log. Per class, the acknowledged position
+//! ([`Store::ack`]) only ever moves over a *contiguous* run of finished records, so after a
+//! crash, a producer reset or a failed send, everything after it is sent again: at-least-once,
+//! and every copy of a record carries the same `ferry.seq` header for downstream deduplication.
+//!
+//! ## The loop
+//! One task owns all state; nothing is shared with it except the control/status cell of the
+//! [`ForwarderHandle`] and the channel that carries delivery reports from librdkafka's poll
+//! thread ([`kafka`]).
+//!
+//! ```text
+//!            ┌──────────── wake: new commit in a class / report / control / timer ───────────┐
+//!            ▼                                                                               │
+//!   reports ─▶ per-class in-flight table (seq order) ─▶ contiguous Done prefix ─▶ store.ack  │
+//!            │   Permanent error → dead-letter (fsync) → Done                                │
+//!            │   Retriable error → class stops, waits for its in-flight, rewinds to acked+1,  │
+//!            │                     backs off (capped exponential)                            │
+//!            │   Fatal error / stall watchdog → new producer, every class rewinds             │
+//!            ▼                                                                               │
+//!   send: window open (or drain-now) → policy picks a class → read a batch → throttle tokens │
+//!         → map → produce, while in-flight bytes < limit ─────────────────────────────────────┘
+//! ```
+//!
+//! Order: within a class records are produced in sequence order; the idempotent producer keeps
+//! that order per partition, and a rewind re-sends from the first un-acknowledged record, so a
+//! key's records never arrive out of order (a re-sent run may repeat records already delivered).
+//!
+//! Memory: bounded by `max_in_flight_bytes` (records kept until their report, for
+//! dead-lettering) plus one read batch per class.
+//!
+//! ## Link state
+//! `connecting` until the first report; `online` after a successful delivery; `offline` when
+//! librdkafka reports all brokers down or a send fails with a transport error; `stalled` when
+//! the watchdog found records in flight and no acknowledgement progress for `stall_timeout`
+//! while not offline — it then recreates the producer (counted in `stalls`). Repeated failures
+//! back off exponentially up to `backoff_max`; warnings are rate-limited.
+//!
+//! ## Shutdown
+//! Stop taking new work, wait up to `shutdown_flush_timeout` for in-flight reports, persist the
+//! acknowledged positions, drop the producer. Whatever was still in flight is sent again after
+//! the restart.
 
+pub mod clock;
 pub mod deadletter;
 pub mod kafka;
 pub mod mapping;
+pub mod policy;
 pub mod schedule;
 pub mod throttle;
 pub mod window;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::store::{ClassId, Position, Reader, Store, StoreError, StoredRecord};
+use deadletter::DeadLetters;
+use kafka::{classify, Disposition, KafkaOptions, KafkaProducer, KafkaSetupError, ProducerEvent};
+use mapping::{ClassMappingConfig, KafkaRecord, Mapper, MappingError};
+use policy::{Candidate, Policy};
+
+/// Forwarder settings. Defaults suit a gateway on a modest link; tests shorten the timers.
+#[derive(Debug, Clone)]
+pub struct ForwarderOptions {
+    /// Gateway id: the `ferry.gateway` header and the first part of `ferry.seq`.
+    pub gateway: String,
+    pub kafka: KafkaOptions,
+    /// Mapping per class name. A class without an entry maps to topic `ferry.{class}`, no key.
+    pub mappings: Vec<(String, ClassMappingConfig)>,
+    /// One read batch: at most this many records (default 1000)...
+    pub batch_max_records: usize,
+    /// ...and about this many logical bytes (default 1 MiB).
+    pub batch_max_bytes: usize,
+    /// Bytes produced but not yet reported, over all classes (default 16 MiB). Bounds memory
+    /// and the amount re-sent after a crash.
+    pub max_in_flight_bytes: usize,
+    /// Records in flight and no acknowledgement for this long while the link is not known to
+    /// be down: recreate the producer (default 60 s).
+    pub stall_timeout: Duration,
+    /// Backoff after a failure: starts at `backoff_min` (default 250 ms), doubles per
+    /// consecutive failure, capped at `backoff_max` (default 30 s).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Acknowledged positions are persisted at most this often (default 200 ms): each persist
+    /// is an fdatasync, and losing the last one only re-sends.
+    pub ack_interval: Duration,
+    /// How long shutdown waits for in-flight reports (default 10 s).
+    pub shutdown_flush_timeout: Duration,
+}
+
+impl ForwarderOptions {
+    pub fn new(gateway: impl Into<String>, kafka: KafkaOptions) -> Self {
+        ForwarderOptions {
+            gateway: gateway.into(),
+            kafka,
+            mappings: Vec::new(),
+            batch_max_records: 1000,
+            batch_max_bytes: 1 << 20,
+            max_in_flight_bytes: 16 << 20,
+            stall_timeout: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            ack_interval: Duration::from_millis(200),
+            shutdown_flush_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors that stop the forwarder from starting. Once running, it handles failures itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("forward mapping: {0}")]
+    Mapping(#[from] MappingError),
+    #[error("mapping configured for class `{0}`, which the store does not have: fix [forward] mappings or [classes]")]
+    UnknownMappingClass(String),
+    #[error("opening a reader for class `{class}`: {source}")]
+    Store {
+        class: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Errors from control calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown class `{0}` (see `ferry status` for the class names)")]
+    UnknownClass(String),
+}
+
+/// Link state as seen from the delivery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connecting,
+    Online,
+    Offline,
+    Stalled,
+}
+
+/// Per-class part of [`ForwarderStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClassStatus {
+    pub name: String,
+    pub paused: bool,
+    pub acked_seq: u64,
+    pub in_flight_records: u64,
+    pub in_flight_bytes: u64,
+    pub sent_records: u64,
+    pub acked_records: u64,
+    pub dead_lettered: u64,
+    /// Records produced again after a failure or reset (duplicates downstream are possible).
+    pub resent_records: u64,
+    /// Milliseconds until the class retries after a failure (0 = not backing off).
+    pub backoff_ms: u64,
+}
+
+/// A snapshot of the forwarder for `ferry status` and the control API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ForwarderStatus {
+    pub link: LinkState,
+    /// Unix ms when `link` last changed.
+    pub link_since_ms: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<u64>,
+    pub window_open: bool,
+    /// Unix ms of the next window change, when known.
+    pub window_next_change_ms: Option<u64>,
+    /// Unix ms until which "drain now" overrides the window.
+    pub drain_now_until_ms: Option<u64>,
+    /// Throttle rate in bytes/s (None: unlimited).
+    pub throttle_bytes_per_sec: Option<u64>,
+    pub all_paused: bool,
+    pub producer_generation: u64,
+    pub producer_resets: u64,
+    pub stalls: u64,
+    pub sent_records: u64,
+    pub sent_bytes: u64,
+    pub acked_records: u64,
+    pub acked_bytes: u64,
+    pub dead_lettered: u64,
+    pub resent_records: u64,
+    pub in_flight_bytes: u64,
+    /// Acknowledged records and bytes per second over the last few seconds.
+    pub drain_records_per_sec: f64,
+    pub drain_bytes_per_sec: f64,
+    pub classes: Vec<ClassStatus>,
+}
+
+#[derive(Debug, Default)]
+struct Control {
+    all_paused: bool,
+    paused: Vec<bool>,
+    drain_until: Option<(Instant, u64)>,
+}
+
+struct Shared {
+    class_names: Vec<String>,
+    control: Mutex<Control>,
+    status: Mutex<ForwarderStatus>,
+    wake: Notify,
+}
+
+/// Control and status of a running forwarder. Cheap to clone.
+#[derive(Clone)]
+pub struct ForwarderHandle {
+    shared: Arc<Shared>,
+}
+
+impl ForwarderHandle {
+    pub fn status(&self) -> ForwarderStatus {
+        self.shared.status.lock().clone()
+    }
+
+    fn class_index(&self, class: &str) -> Result<usize, ControlError> {
+        self.shared
+            .class_names
+            .iter()
+            .position(|n| n == class)
+            .ok_or_else(|| ControlError::UnknownClass(class.to_string()))
+    }
+
+    /// Pauses one class (`Some(name)`) or everything (`None`). In-flight records still finish.
+    pub fn pause(&self, class: Option<&str>) -> Result<(), ControlError> {
+        self.set_paused(class, true)
+    }
+
+    /// Resumes one class or everything. Resuming all also clears every per-class pause.
+    pub fn resume(&self, class: Option<&str>) -> Result<(), ControlError> {
+        self.set_paused(class, false)
+    }
+
+    fn set_paused(&self, class: Option<&str>, paused: bool) -> Result<(), ControlError> {
+        let idx = class.map(|c| self.class_index(c)).transpose()?;
+        {
+            let mut c = self.shared.control.lock();
+            match idx {
+                Some(i) => c.paused[i] = paused,
+                None => {
+                    c.all_paused = paused;
+                    if !paused {
+                        c.paused.iter_mut().for_each(|p| *p = false);
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            class = class.unwrap_or("*"),
+            paused,
+            "forwarder pause state changed by operator"
+        );
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends regardless of the connectivity window for `duration` (the throttle still applies).
+    pub fn drain_now_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let until_ms = unix_ms() + duration.as_millis() as u64;
+        self.shared.control.lock().drain_until = Some((until, until_ms));
+        tracing::info!(
+            seconds = duration.as_secs(),
+            "drain-now override set by operator"
+        );
+        self.shared.wake.notify_one();
+    }
+
+    /// Ends a drain-now override early.
+    pub fn cancel_drain_now(&self) {
+        self.shared.control.lock().drain_until = None;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// What [`Forwarder::run`] reports when it returns.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ForwarderReport {
+    /// Records still in flight when the flush timeout ran out (they are re-sent on restart).
+    pub unflushed_records: u64,
+    pub status: ForwarderStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Pending,
+    Done,
+    Failed,
+}
+
+struct Slot {
+    stored: StoredRecord,
+    bytes: usize,
+    state: SlotState,
+}
+
+struct ClassState {
+    id: ClassId,
+    name: String,
+    /// `None` only while a blocking read has it.
+    reader: Option<Reader>,
+    /// Read but not yet produced (a batch cut short by the throttle or the in-flight limit).
+    staged: VecDeque<StoredRecord>,
+    inflight: VecDeque<Slot>,
+    inflight_bytes: usize,
+    acked: Position,
+    /// Last position handed to `store.ack`.
+    persisted: Position,
+    /// A retriable failure: no new sends until in-flight drains, then rewind.
+    failed: bool,
+    retry_at: Option<Instant>,
+    failures: u32,
+    /// Highest sequence ever produced, to count re-sends.
+    high_sent: u64,
+    status: ClassStatus,
+}
+
+struct RateSample {
+    at: Instant,
+    records: u64,
+    bytes: u64,
+}
+
+/// Rate-limits a repeated warning: logs the first, then at most one per `every`, with the
+/// number suppressed in between.
+struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The forwarder. Build with [`Forwarder::new`], drive with [`Forwarder::run`].
+pub struct Forwarder {
+    store: Store,
+    deadletters: DeadLetters,
+    opts: ForwarderOptions,
+    mapper: Mapper,
+    policy: Box<dyn Policy>,
+    shared: Arc<Shared>,
+    classes: Vec<ClassState>,
+    producer: Option<KafkaProducer>,
+    generation: u64,
+    events_tx: mpsc::UnboundedSender<ProducerEvent>,
+    events_rx: mpsc::UnboundedReceiver<ProducerEvent>,
+    watchers: Vec<JoinHandle<()>>,
+    inflight_bytes: usize,
+    link: LinkState,
+    link_since_ms: u64,
+    last_error: Option<(String, u64)>,
+    /// Last time an acknowledgement arrived or nothing was in flight.
+    last_progress: Instant,
+    reset_wanted: Option<String>,
+    reset_failures: u32,
+    reset_not_before: Option<Instant>,
+    stalls: u64,
+    resets: u64,
+    totals: ClassStatus,
+    sent_bytes: u64,
+    acked_bytes: u64,
+    last_ack_persist: Instant,
+    throttle_wait: Option<Instant>,
+    rate: (RateSample, f64, f64),
+    warn_limiter: LogLimiter,
+    shutting_down: bool,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Transport-level trouble: the link is down rather than the record being wrong.
+fn is_link_error(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}
+
+impl Forwarder {
+    /// Builds the producer, the mapping and one reader per class (from its acknowledged
+    /// position). Fails on configuration errors; a broker that is down is not an error.
+    pub fn new(
+        store: Store,
+        deadletters: DeadLetters,
+        opts: ForwarderOptions,
+        policy: Box<dyn Policy>,
+    ) -> Result<(Forwarder, ForwarderHandle), ForwardError> {
+        let names = store.class_names();
+        for (name, _) in &opts.mappings {
+            if !names.contains(name) {
+                return Err(ForwardError::UnknownMappingClass(name.clone()));
+            }
+        }
+        let mappings: Vec<(String, ClassMappingConfig)> = names
+            .iter()
+            .map(|n| {
+                let cfg = opts
+                    .mappings
+                    .iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_else(|| ClassMappingConfig {
+                        topic: "ferry.{class}".into(),
+                        key: None,
+                        rules: Vec::new(),
+                    });
+                (n.clone(), cfg)
+            })
+            .collect();
+        let mapper = Mapper::new(opts.gateway.clone(), &mappings)?;
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let producer = KafkaProducer::new(&opts.kafka, 1, events_tx.clone())?;
+
+        let mut classes = Vec::with_capacity(names.len());
+        for (id, name) in names.iter().enumerate() {
+            let acked = store.acked(id);
+            let reader = store
+                .reader(id, acked.seq + 1)
+                .map_err(|source| ForwardError::Store {
+                    class: name.clone(),
+                    source,
+                })?;
+            classes.push(ClassState {
+                id,
+                name: name.clone(),
+                reader: Some(reader),
+                staged: VecDeque::new(),
+                inflight: VecDeque::new(),
+                inflight_bytes: 0,
+                acked,
+                persisted: acked,
+                failed: false,
+                retry_at: None,
+                failures: 0,
+                high_sent: acked.seq,
+                status: ClassStatus {
+                    name: name.clone(),
+                    acked_seq: acked.seq,
+                    ..Default::default()
+                },
+            });
+        }
+        let shared = Arc::new(Shared {
+            class_names: names.clone(),
+            control: Mutex::new(Control {
+                paused: vec![false; names.len()],
+                ..Default::default()
+            }),
+            status: Mutex::new(ForwarderStatus {
+                link: LinkState::Connecting,
+                link_since_ms: unix_ms(),
+                last_error: None,
+                last_error_at_ms: None,
+                window_open: false,
+                window_next_change_ms: None,
+                drain_now_until_ms: None,
+                throttle_bytes_per_sec: None,
+                all_paused: false,
+                producer_generation: 1,
+                producer_resets: 0,
+                stalls: 0,
+                sent_records: 0,
+                sent_bytes: 0,
+                acked_records: 0,
+                acked_bytes: 0,
+                dead_lettered: 0,
+                resent_records: 0,
+                in_flight_bytes: 0,
+                drain_records_per_sec: 0.0,
+                drain_bytes_per_sec: 0.0,
+                classes: classes.iter().map(|c| c.status.clone()).collect(),
+            }),
+            wake: Notify::new(),
+        });
+        let handle = ForwarderHandle {
+            shared: shared.clone(),
+        };
+        let now = Instant::now();
+        let fwd = Forwarder {
+            store,
+            deadletters,
+            mapper,
+            policy,
+            shared,
+            classes,
+            producer: Some(producer),
+            generation: 1,
+            events_tx,
+            events_rx,
+            watchers: Vec::new(),
+            inflight_bytes: 0,
+            link: LinkState::Connecting,
+            link_since_ms: unix_ms(),
+            last_error: None,
+            last_progress: now,
+            reset_wanted: None,
+            reset_failures: 0,
+            reset_not_before: None,
+            stalls: 0,
+            resets: 0,
+            totals: ClassStatus::default(),
+            sent_bytes: 0,
+            acked_bytes: 0,
+            last_ack_persist: now,
+            throttle_wait: None,
+            rate: (
+                RateSample {
+                    at: now,
+                    records: 0,
+                    bytes: 0,
+                },
+                0.0,
+                0.0,
+            ),
+            warn_limiter: LogLimiter::new(Duration::from_secs(30)),
+            shutting_down: false,
+            opts,
+        };
+        Ok((fwd, handle))
+    }
+
+    /// Runs until `shutdown` completes, then flushes (bounded), persists positions and returns.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> ForwarderReport {
+        // One tiny task per class turns "a commit happened" into a wake-up of this loop.
+        for c in &self.classes {
+            let mut rx = self.store.subscribe(c.id);
+            let shared = self.shared.clone();
+            self.watchers.push(tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    shared.wake.notify_one();
+                }
+            }));
+        }
+        tracing::info!(
+            gateway = %self.opts.gateway,
+            bootstrap = %self.opts.kafka.bootstrap_servers,
+            classes = self.classes.len(),
+            "forwarder started"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            let wake_at = self.step().await;
+            self.publish_status();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                ev = self.events_rx.recv() => {
+                    if let Some(ev) = ev {
+                        self.on_event(ev).await;
+                    }
+                }
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+            }
+            // Drain whatever else arrived, so one wake handles a whole burst of reports.
+            while let Ok(ev) = self.events_rx.try_recv() {
+                self.on_event(ev).await;
+            }
+        }
+        self.shutdown().await
+    }
+
+    async fn shutdown(mut self) -> ForwarderReport {
+        self.shutting_down = true;
+        tracing::info!(
+            in_flight_bytes = self.inflight_bytes,
+            "forwarder stopping: flushing in-flight records"
+        );
+        let deadline = Instant::now() + self.opts.shutdown_flush_timeout;
+        while self.pending_records() > 0 && self.reset_wanted.is_none() {
+            let ev = tokio::time::timeout_at(deadline.into(), self.events_rx.recv()).await;
+            match ev {
+                Ok(Some(ev)) => {
+                    self.on_event(ev).await;
+                    while let Ok(ev) = self.events_rx.try_recv() {
+                        self.on_event(ev).await;
+                    }
+                    self.advance_acks();
+                }
+                _ => break,
+            }
+        }
+        self.advance_acks();
+        self.persist_acks(true).await;
+        let unflushed = self.pending_records();
+        for w in self.watchers.drain(..) {
+            w.abort();
+        }
+        if let Some(p) = self.producer.take() {
+            // Dropping purges and joins librdkafka's threads: blocking work.
+            let _ = tokio::task::spawn_blocking(move || drop(p)).await;
+        }
+        self.publish_status();
+        tracing::info!(unflushed_records = unflushed, "forwarder stopped");
+        ForwarderReport {
+            unflushed_records: unflushed,
+            status: self.shared.status.lock().clone(),
+        }
+    }
+
+    fn pending_records(&self) -> u64 {
+        self.classes
+            .iter()
+            .flat_map(|c| c.inflight.iter())
+            .filter(|s| s.state == SlotState::Pending)
+            .count() as u64
+    }
+
+    fn set_link(&mut self, state: LinkState) {
+        if self.link != state {
+            tracing::info!(from = ?self.link, to = ?state, "Kafka link state changed");
+            self.link = state;
+            self.link_since_ms = unix_ms();
+        }
+    }
+
+    fn note_error(&mut self, msg: String) {
+        if let Some(suppressed) = self.warn_limiter.allow() {
+            tracing::warn!(error = %msg, suppressed, link = ?self.link, "Kafka delivery problem; ferry keeps the records and retries");
+        }
+        self.last_error = Some((msg, unix_ms()));
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(20);
+        self.opts
+            .backoff_min
+            .saturating_mul(1u32 << exp)
+            .min(self.opts.backoff_max)
+    }
+
+    /// One delivery report or client error.
+    async fn on_event(&mut self, ev: ProducerEvent) {
+        match ev {
+            ProducerEvent::ClientError {
+                generation,
+                error,
+                reason,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                let code = error.rdkafka_error_code();
+                if code == Some(RDKafkaErrorCode::AllBrokersDown) || is_link_error(&error) {
+                    self.set_link(LinkState::Offline);
+                }
+                let fatal = code == Some(RDKafkaErrorCode::Fatal)
+                    || self
+                        .producer
+                        .as_ref()
+                        .and_then(|p| p.fatal_error())
+                        .is_some();
+                if fatal && self.reset_wanted.is_none() {
+                    self.reset_wanted = Some(format!("fatal producer error: {reason}"));
+                }
+                self.note_error(format!("{error}: {reason}"));
+            }
+            ProducerEvent::Delivery {
+                generation,
+                class,
+                seq,
+                result,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                let Some(c) = self.classes.get_mut(class) else {
+                    return;
+                };
+                let Ok(i) = c.inflight.binary_search_by_key(&seq, |s| s.stored.seq) else {
+                    return;
+                };
+                match result {
+                    Ok(_) => {
+                        c.inflight[i].state = SlotState::Done;
+                        c.failures = 0;
+                        self.last_progress = Instant::now();
+                        self.reset_failures = 0;
+                        self.set_link(LinkState::Online);
+                    }
+                    Err(e) => {
+                        let disposition = classify(&e, self.opts.kafka.topic_auto_create);
+                        let fatal_now = self
+                            .producer
+                            .as_ref()
+                            .and_then(|p| p.fatal_error())
+                            .is_some();
+                        match (disposition, fatal_now) {
+                            (Disposition::Permanent, false) => {
+                                self.dead_letter(class, i, e.to_string()).await;
+                            }
+                            (Disposition::Fatal, _) | (_, true) => {
+                                let c = &mut self.classes[class];
+                                c.inflight[i].state = SlotState::Failed;
+                                if self.reset_wanted.is_none() {
+                                    self.reset_wanted = Some(format!("fatal producer error: {e}"));
+                                }
+                                let msg = format!("class {}: seq {seq}: {e}", c.name);
+                                self.note_error(msg);
+                            }
+                            (Disposition::Retriable, false) => {
+                                if is_link_error(&e) {
+                                    self.set_link(LinkState::Offline);
+                                }
+                                let c = &mut self.classes[class];
+                                c.inflight[i].state = SlotState::Failed;
+                                c.failed = true;
+                                let msg = format!("class {}: seq {seq}: {e}", c.name);
+                                self.note_error(msg);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves in-flight slot `i` of `class` to the dead-letter log; on success it counts as
+    /// done, otherwise the class fails (and retries) so the record is never lost.
+    async fn dead_letter(&mut self, class: ClassId, i: usize, reason: String) {
+        let c = &mut self.classes[class];
+        let stored = c.inflight[i].stored.clone();
+        let name = c.name.clone();
+        let ok = self.dead_letter_record(&name, &stored, &reason).await;
+        let c = &mut self.classes[class];
+        if ok {
+            c.inflight[i].state = SlotState::Done;
+            c.status.dead_lettered += 1;
+            self.totals.dead_lettered += 1;
+        } else {
+            c.inflight[i].state = SlotState::Failed;
+            c.failed = true;
+        }
+    }
+
+    async fn dead_letter_record(
+        &mut self,
+        class: &str,
+        stored: &StoredRecord,
+        reason: &str,
+    ) -> bool {
+        let dl = self.deadletters.clone();
+        let (cls, seq, rec, why) = (
+            class.to_string(),
+            stored.seq,
+            stored.record.clone(),
+            reason.to_string(),
+        );
+        let res = tokio::task::spawn_blocking(move || dl.add(&cls, seq, &rec, &why)).await;
+        match res {
+            Ok(Ok(id)) => {
+                tracing::warn!(class, seq, id, reason, mqtt_topic = %stored.record.topic, "record moved to the dead-letter log; Kafka will never accept it as is (see `ferry deadletter list`)");
+                true
+            }
+            Ok(Err(e)) => {
+                self.note_error(format!("dead-lettering {class}/{seq}: {e}"));
+                false
+            }
+            Err(e) => {
+                self.note_error(format!("dead-lettering {class}/{seq}: task failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Moves each class's acknowledged position over its finished prefix; rewinds classes
+    /// whose failure has fully reported.
+    fn advance_acks(&mut self) {
+        let now = Instant::now();
+        let mut newly_acked_bytes = 0u64;
+        for c in &mut self.classes {
+            while c
+                .inflight
+                .front()
+                .is_some_and(|s| s.state == SlotState::Done)
+            {
+                let Some(s) = c.inflight.pop_front() else {
+                    break;
+                };
+                c.inflight_bytes -= s.bytes;
+                self.inflight_bytes -= s.bytes;
+                c.acked = s.stored.position();
+                c.status.acked_records += 1;
+                self.totals.acked_records += 1;
+                newly_acked_bytes += s.bytes as u64;
+            }
+            if c.failed
+                && !c.inflight.iter().any(|s| s.state == SlotState::Pending)
+                && !self.shutting_down
+            {
+                c.failures = c.failures.saturating_add(1);
+                let exp = c.failures.saturating_sub(1).min(20);
+                let wait = self
+                    .opts
+                    .backoff_min
+                    .saturating_mul(1u32 << exp)
+                    .min(self.opts.backoff_max);
+                let dropped: usize = c.inflight.iter().map(|s| s.bytes).sum();
+                self.inflight_bytes -= dropped;
+                c.inflight.clear();
+                c.inflight_bytes = 0;
+                c.staged.clear();
+                if let Some(r) = c.reader.as_mut() {
+                    r.seek(c.acked.seq + 1);
+                }
+                c.failed = false;
+                c.retry_at = Some(now + wait);
+                tracing::debug!(class = %c.name, from_seq = c.acked.seq + 1, backoff_ms = wait.as_millis() as u64, "class rewinds to its acknowledged position after a failure");
+            }
+            if c.inflight.is_empty() && c.staged.is_empty() {
+                // Nothing outstanding: the stall watchdog has nothing to wait for.
+            }
+        }
+        self.acked_bytes += newly_acked_bytes;
+        if self.classes.iter().all(|c| c.inflight.is_empty()) {
+            self.last_progress = now;
+        }
+    }
+
+    /// Persists positions that moved (at most every `ack_interval`, or now when `force`).
+    async fn persist_acks(&mut self, force: bool) {
+        if !force && self.last_ack_persist.elapsed() < self.opts.ack_interval {
+            return;
+        }
+        self.last_ack_persist = Instant::now();
+        for i in 0..self.classes.len() {
+            let (id, pos) = {
+                let c = &self.classes[i];
+                if c.acked == c.persisted {
+                    continue;
+                }
+                (c.id, c.acked)
+            };
+            let store = self.store.clone();
+            let res = tokio::task::spawn_blocking(move || store.ack(id, pos)).await;
+            match res {
+                Ok(Ok(())) => self.classes[i].persisted = pos,
+                Ok(Err(e)) => self.note_error(format!(
+                    "persisting the acknowledged position of class {}: {e} (retrying; a crash now only re-sends)",
+                    self.classes[i].name
+                )),
+                Err(e) => self.note_error(format!("persisting ack: task failed: {e}")),
+            }
+        }
+    }
+
+    /// Replaces the producer: every class rewinds to its acknowledged position.
+    async fn reset_producer(&mut self, why: String) {
+        let now = Instant::now();
+        if let Some(t) = self.reset_not_before {
+            if now < t {
+                return;
+            }
+        }
+        self.resets += 1;
+        self.reset_failures = self.reset_failures.saturating_add(1);
+        self.generation += 1;
+        tracing::warn!(reason = %why, generation = self.generation, "recreating the Kafka producer; every class re-sends from its acknowledged position");
+        if let Some(p) = self.producer.take() {
+            // Dropping purges the old queue and joins librdkafka's threads, which can take a
+            // while against a hung broker; it must not hold up the new producer, so it is not
+            // awaited.
+            drop(tokio::task::spawn_blocking(move || drop(p)));
+        }
+        // Stale reports of the old producer carry the old generation and are ignored.
+        self.advance_acks();
+        for c in &mut self.classes {
+            c.inflight.clear();
+            c.inflight_bytes = 0;
+            c.staged.clear();
+            c.failed = false;
+            if let Some(r) = c.reader.as_mut() {
+                r.seek(c.acked.seq + 1);
+            }
+        }
+        self.inflight_bytes = 0;
+        match KafkaProducer::new(&self.opts.kafka, self.generation, self.events_tx.clone()) {
+            Ok(p) => {
+                self.producer = Some(p);
+                self.reset_wanted = None;
+            }
+            Err(e) => {
+                self.note_error(format!("recreating the producer: {e}"));
+                self.reset_wanted = Some(why);
+            }
+        }
+        self.reset_not_before = Some(now + self.backoff(self.reset_failures));
+        self.last_progress = Instant::now();
+    }
+
+    /// Housekeeping and sending; returns when the loop should wake at the latest.
+    async fn step(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+
+        self.advance_acks();
+        self.persist_acks(false).await;
+        if self.classes.iter().any(|c| c.acked != c.persisted) {
+            wake = wake.min(self.last_ack_persist + self.opts.ack_interval);
+        }
+
+        if self.reset_wanted.is_none() {
+            if let Some((code, msg)) = self.producer.as_ref().and_then(|p| p.fatal_error()) {
+                self.reset_wanted = Some(format!("producer fatal error {code:?}: {msg}"));
+            }
+        }
+        // Stall watchdog: records in flight, no acknowledgement for stall_timeout, and the
+        // link is not known to be down (then a new producer would not help).
+        let stalled = self.inflight_bytes > 0
+            && self.link != LinkState::Offline
+            && now.duration_since(self.last_progress) >= self.opts.stall_timeout;
+        if stalled && self.reset_wanted.is_none() {
+            self.stalls += 1;
+            self.set_link(LinkState::Stalled);
+            let msg = format!(
+                "no acknowledgement for {:?} with {} bytes in flight",
+                now.duration_since(self.last_progress),
+                self.inflight_bytes
+            );
+            tracing::warn!(stalls = self.stalls, "stall watchdog: {msg}");
+            self.last_error = Some((format!("stall: {msg}"), unix_ms()));
+            self.reset_wanted = Some(format!("stall watchdog: {msg}"));
+        }
+        if let Some(why) = self.reset_wanted.clone() {
+            self.reset_producer(why).await;
+            if self.reset_wanted.is_some() {
+                return self.reset_not_before.unwrap_or(now + self.opts.backoff_min);
+            }
+        }
+        if self.inflight_bytes > 0 {
+            wake = wake.min(self.last_progress + self.opts.stall_timeout);
+        }
+
+        // Window and manual overrides.
+        let window = self.policy.window();
+        let (all_paused, paused, drain) = {
+            let mut ctl = self.shared.control.lock();
+            if ctl.drain_until.is_some_and(|(t, _)| t <= now) {
+                ctl.drain_until = None;
+            }
+            (ctl.all_paused, ctl.paused.clone(), ctl.drain_until)
+        };
+        {
+            let mut st = self.shared.status.lock();
+            st.window_open = window.open;
+            st.window_next_change_ms = window.next_change.map(|d| unix_ms() + d.as_millis() as u64);
+            st.drain_now_until_ms = drain.map(|(_, ms)| ms);
+            st.all_paused = all_paused;
+            st.throttle_bytes_per_sec = self.policy.rate_limit();
+            for (cs, p) in st.classes.iter_mut().zip(&paused) {
+                cs.paused = *p;
+            }
+        }
+        if let Some(d) = window.next_change {
+            wake = wake.min(now + d);
+        }
+        if let Some((t, _)) = drain {
+            wake = wake.min(t);
+        }
+        if (!window.open && drain.is_none()) || all_paused || self.producer.is_none() {
+            return wake;
+        }
+        if let Some(t) = self.throttle_wait {
+            if now < t {
+                return wake.min(t);
+            }
+            self.throttle_wait = None;
+        }
+
+        // Send until the in-flight limit, the throttle, or no class has anything ready.
+        loop {
+            if self.inflight_bytes >= self.opts.max_in_flight_bytes {
+                break;
+            }
+            let now = Instant::now();
+            let mut candidates = Vec::new();
+            for c in &self.classes {
+                if paused[c.id] || c.failed {
+                    continue;
+                }
+                if let Some(t) = c.retry_at {
+                    if now < t {
+                        wake = wake.min(t);
+                        continue;
+                    }
+                }
+                let next = c.reader.as_ref().map_or(u64::MAX, |r| r.next_seq());
+                let has_data = !c.staged.is_empty() || self.store.committed(c.id) >= next;
+                if has_data {
+                    candidates.push(Candidate {
+                        class: c.id,
+                        backlog_bytes: self.store.committed(c.id).saturating_sub(c.acked.seq),
+                    });
+                }
+            }
+            let Some(class) = self.policy.pick(&candidates) else {
+                break;
+            };
+            match self.send_batch(class).await {
+                Ok(()) => {}
+                Err(Some(wait)) => {
+                    let t = Instant::now() + wait;
+                    self.throttle_wait = Some(t);
+                    wake = wake.min(t);
+                    break;
+                }
+                Err(None) => break,
+            }
+        }
+        wake
+    }
+
+    /// Reads (if needed) and produces one batch of `class`. `Err(Some(wait))`: the throttle
+    /// asks to wait; `Err(None)`: stop sending for now (queue full, producer reset).
+    async fn send_batch(&mut self, class: ClassId) -> Result<(), Option<Duration>> {
+        if self.classes[class].staged.is_empty() {
+            let Some(mut reader) = self.classes[class].reader.take() else {
+                return Err(None);
+            };
+            let (max_r, max_b) = (self.opts.batch_max_records, self.opts.batch_max_bytes);
+            let res = tokio::task::spawn_blocking(move || {
+                let r = reader.read_batch(max_r, max_b);
+                (reader, r)
+            })
+            .await;
+            let c = &mut self.classes[class];
+            match res {
+                Ok((reader, Ok(batch))) => {
+                    c.reader = Some(reader);
+                    c.retry_at = None;
+                    c.staged.extend(batch);
+                }
+                Ok((reader, Err(e))) => {
+                    c.reader = Some(reader);
+                    let wait = self.opts.backoff_max.min(Duration::from_secs(5));
+                    c.retry_at = Some(Instant::now() + wait);
+                    let msg = format!("reading class {} from the store: {e}", c.name);
+                    self.note_error(msg);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The reader was lost with the task; reopen it at the acked position.
+                    match self.store.reader(class, c.acked.seq + 1) {
+                        Ok(r) => c.reader = Some(r),
+                        Err(e2) => {
+                            let msg = format!("reopening reader of class {}: {e2}", c.name);
+                            c.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                            self.note_error(msg);
+                        }
+                    }
+                    self.note_error(format!("store read task failed: {e}"));
+                    return Ok(());
+                }
+            }
+            if self.classes[class].staged.is_empty() {
+                return Ok(());
+            }
+        }
+
+        // Map the staged records (bounded by the in-flight limit) and take throttle tokens for
+        // the whole run at once.
+        let room = self
+            .opts
+            .max_in_flight_bytes
+            .saturating_sub(self.inflight_bytes);
+        let mut run: Vec<(StoredRecord, Result<KafkaRecord, MappingError>)> = Vec::new();
+        let mut run_bytes = 0usize;
+        {
+            let c = &mut self.classes[class];
+            while let Some(s) = c.staged.front() {
+                let mapped = self.mapper.map(class, s);
+                let size = mapped
+                    .as_ref()
+                    .map_or(s.record.payload.len(), |k| k.wire_size());
+                if !run.is_empty() && run_bytes + size > room {
+                    break;
+                }
+                run_bytes += size;
+                let Some(s) = c.staged.pop_front() else { break };
+                run.push((s, mapped));
+                if run_bytes >= room {
+                    break;
+                }
+            }
+        }
+        if let Err(wait) = self.policy.take(class, run_bytes as u64) {
+            let c = &mut self.classes[class];
+            for (s, _) in run.into_iter().rev() {
+                c.staged.push_front(s);
+            }
+            return Err(Some(wait));
+        }
+
+        let mut sent_bytes = 0u64;
+        let mut iter = run.into_iter();
+        while let Some((stored, mapped)) = iter.next() {
+            let seq = stored.seq;
+            let rec = match mapped {
+                Ok(r) => r,
+                Err(e) => {
+                    // The record's topic does not fit the templates: retrying never helps.
+                    let name = self.classes[class].name.clone();
+                    let ok = self
+                        .dead_letter_record(&name, &stored, &e.to_string())
+                        .await;
+                    let c = &mut self.classes[class];
+                    let state = if ok {
+                        c.status.dead_lettered += 1;
+                        self.totals.dead_lettered += 1;
+                        SlotState::Done
+                    } else {
+                        c.failed = true;
+                        SlotState::Failed
+                    };
+                    c.inflight.push_back(Slot {
+                        stored,
+                        bytes: 0,
+                        state,
+                    });
+                    if ok {
+                        continue;
+                    }
+                    for (s, _) in iter.rev() {
+                        c.staged.push_front(s);
+                    }
+                    break;
+                }
+            };
+            let Some(producer) = self.producer.as_ref() else {
+                let c = &mut self.classes[class];
+                c.staged.push_front(stored);
+                for (s, _) in iter.rev() {
+                    c.staged.push_front(s);
+                }
+                return Err(None);
+            };
+            match producer.send(class, seq, &rec) {
+                Ok(()) => {
+                    let bytes = rec.wire_size();
+                    let c = &mut self.classes[class];
+                    if c.inflight.is_empty() && self.inflight_bytes == 0 {
+                        // Starting from idle: the watchdog measures from the first send.
+                        self.last_progress = Instant::now();
+                    }
+                    c.inflight.push_back(Slot {
+                        stored,
+                        bytes,
+                        state: SlotState::Pending,
+                    });
+                    c.inflight_bytes += bytes;
+                    self.inflight_bytes += bytes;
+                    c.status.sent_records += 1;
+                    self.totals.sent_records += 1;
+                    if seq <= c.high_sent {
+                        c.status.resent_records += 1;
+                        self.totals.resent_records += 1;
+                    } else {
+                        c.high_sent = seq;
+                    }
+                    sent_bytes += bytes as u64;
+                }
+                Err(e) => {
+                    let disposition = classify(&e, self.opts.kafka.topic_auto_create);
+                    let queue_full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
+                    if disposition == Disposition::Permanent {
+                        let name = self.classes[class].name.clone();
+                        let ok = self
+                            .dead_letter_record(&name, &stored, &e.to_string())
+                            .await;
+                        let c = &mut self.classes[class];
+                        if ok {
+                            c.status.dead_lettered += 1;
+                            self.totals.dead_lettered += 1;
+                            c.inflight.push_back(Slot {
+                                stored,
+                                bytes: 0,
+                                state: SlotState::Done,
+                            });
+                            continue;
+                        }
+                        c.failed = true;
+                        c.inflight.push_back(Slot {
+                            stored,
+                            bytes: 0,
+                            state: SlotState::Failed,
+                        });
+                    } else {
+                        // Not sent: put it back and stop this round.
+                        let c = &mut self.classes[class];
+                        c.staged.push_front(stored);
+                        for (s, _) in iter.rev() {
+                            c.staged.push_front(s);
+                        }
+                        if disposition == Disposition::Fatal && self.reset_wanted.is_none() {
+                            self.reset_wanted = Some(format!("fatal error on send: {e}"));
+                        }
+                        if !queue_full {
+                            let failures = self.classes[class].failures.saturating_add(1);
+                            let wait = self.backoff(failures);
+                            let c = &mut self.classes[class];
+                            c.failures = failures;
+                            c.retry_at = Some(Instant::now() + wait);
+                            let msg = format!("class {}: send seq {seq}: {e}", c.name);
+                            self.note_error(msg);
+                        }
+                        self.policy.sent(class, sent_bytes);
+                        self.sent_bytes += sent_bytes;
+                        return Err(if queue_full {
+                            Some(Duration::from_millis(20))
+                        } else {
+                            None
+                        });
+                    }
+                    let c = &mut self.classes[class];
+                    for (s, _) in iter.rev() {
+                        c.staged.push_front(s);
+                    }
+                    break;
+                }
+            }
+        }
+        self.policy.sent(class, sent_bytes);
+        self.sent_bytes += sent_bytes;
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let now = Instant::now();
+        let (sample, rr, br) = &mut self.rate;
+        let dt = now.duration_since(sample.at).as_secs_f64();
+        if dt >= 1.0 {
+            *rr = (self.totals.acked_records - sample.records) as f64 / dt;
+            *br = (self.acked_bytes - sample.bytes) as f64 / dt;
+            *sample = RateSample {
+                at: now,
+                records: self.totals.acked_records,
+                bytes: self.acked_bytes,
+            };
+        }
+        let (rr, br) = (*rr, *br);
+        let mut st = self.shared.status.lock();
+        st.link = self.link;
+        st.link_since_ms = self.link_since_ms;
+        st.last_error = self.last_error.as_ref().map(|(m, _)| m.clone());
+        st.last_error_at_ms = self.last_error.as_ref().map(|(_, t)| *t);
+        st.producer_generation = self.generation;
+        st.producer_resets = self.resets;
+        st.stalls = self.stalls;
+        st.sent_records = self.totals.sent_records;
+        st.sent_bytes = self.sent_bytes;
+        st.acked_records = self.totals.acked_records;
+        st.acked_bytes = self.acked_bytes;
+        st.dead_lettered = self.totals.dead_lettered;
+        st.resent_records = self.totals.resent_records;
+        st.in_flight_bytes = self.inflight_bytes as u64;
+        st.drain_records_per_sec = rr;
+        st.drain_bytes_per_sec = br;
+        for (cs, c) in st.classes.iter_mut().zip(&self.classes) {
+            let paused = cs.paused;
+            *cs = c.status.clone();
+            cs.paused = paused;
+            cs.acked_seq = c.acked.seq;
+            cs.in_flight_records = c.inflight.len() as u64;
+            cs.in_flight_bytes = c.inflight_bytes as u64;
+            cs.backoff_ms = c
+                .retry_at
+                .map_or(0, |t| t.saturating_duration_since(now).as_millis() as u64);
+        }
+    }
+}
+
+// The forwarder runs on a tokio task: it must stay `Send`.
+#[allow(dead_code)]
+fn assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Forwarder>();
+    is_send::<ForwarderHandle>();
+}

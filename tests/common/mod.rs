@@ -1,0 +1,63 @@
+//! Shared test helpers: the tansu broker harness, a real store in a temp dir, test records.
+
+#![allow(dead_code)]
+
+pub mod tansu;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
+
+/// Opens a real store with the given classes (1 GiB each, reject on overflow) in `dir`.
+pub fn open_store(dir: &std::path::Path, classes: &[&str]) -> Store {
+    let opts = StoreOptions::new(
+        dir,
+        classes
+            .iter()
+            .map(|n| ClassOptions {
+                name: n.to_string(),
+                max_bytes: 1 << 30,
+                max_age: None,
+                overflow: Overflow::Reject,
+            })
+            .collect(),
+    );
+    Store::open(opts).expect("open store").0
+}
+
+pub fn record(topic: &str, client_id: &str, ts: u64, payload: impl Into<Bytes>) -> Record {
+    Record {
+        timestamp_ms: ts,
+        topic: topic.into(),
+        qos: 1,
+        retain: false,
+        client_id: client_id.into(),
+        user_properties: Vec::new(),
+        content_type: None,
+        payload: payload.into(),
+    }
+}
+
+/// Appends and waits until durable; returns the sequence.
+pub async fn append(store: &Store, class: usize, rec: Record) -> u64 {
+    store
+        .append(class, rec)
+        .expect("append")
+        .await
+        .expect("commit")
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
