@@ -1,0 +1,135 @@
+//! `ferry export` / `ferry import`: a backlog on removable media (format in
+//! [`crate::control::transfer`]).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::control::transfer::{self, ExportReader};
+use crate::control::{ImportReport, Request};
+
+use super::conn::{self, Offline, SocketArgs};
+use super::fmt;
+use super::{Cli, EXIT_OK};
+
+pub const EXPORT_HELP: &str = "\
+Examples:
+  ferry export --class telemetry --out /media/usb/site7-telemetry.fex
+  ferry export --class alarms --out alarms.fex --data-dir /var/lib/ferry
+
+Writes the waiting records of the class (they stay in the store: purge them
+afterwards if they must not also go over a link later; duplicates are
+harmless downstream because every record keeps its gateway/class/seq id).
+Reads the data directory read-only, so it works with the daemon stopped.";
+
+pub const IMPORT_HELP: &str = "\
+Examples:
+  ferry import /media/usb/site7-telemetry.fex
+  ferry import --check site7-telemetry.fex      verify only, append nothing
+
+The running daemon reads the file (it must be readable by the ferry user),
+checks it completely, then appends the records to the class of the same name.
+Each keeps its original id in the MQTT user property ferry.origin.seq
+(gateway/class/seq), forwarded as a Kafka header, so importing twice is
+idempotent for a consumer that deduplicates on it.";
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The class to export.
+    #[arg(long, value_name = "CLASS")]
+    pub class: String,
+    /// The file to write (written as FILE.partial, then renamed).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Data directory [default: [storage] data_dir from the config].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON: {"path","gateway","class","records","file_bytes","first_seq","last_seq"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The export file.
+    pub file: PathBuf,
+    /// Only verify the file (checksums, trailer) and print what it holds.
+    #[arg(long)]
+    pub check: bool,
+    /// Print JSON: {"gateway","class","records","bytes","first_seq","last_seq"}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<u8> {
+    let cfg = conn::config(cli)?;
+    let eff = cfg
+        .clone()
+        .unwrap_or_else(crate::config::Config::default_config);
+    let dir = a.data_dir.clone().unwrap_or(eff.storage.data_dir.clone());
+    let o = Offline::open(&dir, &cfg)?;
+    let r = transfer::export(&o.store, &eff.gateway_id, &a.class, &a.out)
+        .with_context(|| format!("exporting class `{}` to {}", a.class, a.out.display()))?;
+    if a.json {
+        fmt::print_json(&r)?;
+    } else {
+        fmt::print(&format!(
+            "exported {} records of class `{}` (seq {}..{}) from gateway `{}` to {} ({})\n",
+            fmt::count(r.records),
+            r.class,
+            r.first_seq.map_or("-".into(), |s| s.to_string()),
+            r.last_seq.map_or("-".into(), |s| s.to_string()),
+            r.gateway,
+            r.path,
+            fmt::bytes(r.file_bytes)
+        ))?;
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn import(cli: &Cli, a: &ImportArgs) -> anyhow::Result<u8> {
+    let r: ImportReport = if a.check {
+        let mut rd = ExportReader::open(&a.file)?;
+        let (mut records, mut bytes, mut first, mut last) = (0u64, 0u64, None, None);
+        while let Some((seq, rec)) = rd.next_record()? {
+            records += 1;
+            bytes += rec.payload.len() as u64;
+            first.get_or_insert(seq);
+            last = Some(seq);
+        }
+        ImportReport {
+            gateway: rd.gateway.clone(),
+            class: rd.class.clone(),
+            records,
+            bytes,
+            first_seq: first,
+            last_seq: last,
+        }
+    } else {
+        // The daemon opens the path itself: make it absolute so its working directory
+        // does not matter.
+        let path = std::path::absolute(&a.file)
+            .with_context(|| format!("resolving {}", a.file.display()))?;
+        conn::client(cli, &a.socket.socket)?.call(Request::Import {
+            path: path.display().to_string(),
+        })?
+    };
+    if a.json {
+        fmt::print_json(&r)?;
+    } else {
+        fmt::print(&format!(
+            "{} {} records ({} of payload) of class `{}` from gateway `{}` (seq {}..{})\n",
+            if a.check { "file holds" } else { "imported" },
+            fmt::count(r.records),
+            fmt::bytes(r.bytes),
+            r.class,
+            r.gateway,
+            r.first_seq.map_or("-".into(), |s| s.to_string()),
+            r.last_seq.map_or("-".into(), |s| s.to_string()),
+        ))?;
+    }
+    Ok(EXIT_OK)
+}
