@@ -1,0 +1,904 @@
+//! The `ferry` binary against real parts: a data directory written by the real store, a control
+//! server (in this test process) over a real Unix socket with a real store and a real
+//! forwarder talking to a real Kafka-protocol broker (tansu), and a real terminal (tmux).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry::control::server::{serve, ControlContext};
+use ferry::forward::deadletter::DeadLetters;
+use ferry::forward::kafka::KafkaOptions;
+use ferry::forward::mapping::ClassMappingConfig;
+use ferry::forward::policy::Unlimited;
+use ferry::forward::{Forwarder, ForwarderHandle, ForwarderOptions};
+use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn class(name: &str) -> ClassOptions {
+    ClassOptions {
+        name: name.into(),
+        max_bytes: 1 << 30,
+        max_age: None,
+        overflow: Overflow::DropOldest,
+    }
+}
+
+fn options(dir: &Path) -> StoreOptions {
+    let mut o = StoreOptions::new(dir, vec![class("alarms"), class("telemetry")]);
+    // Small segments so purge (whole segments) has something to cut.
+    o.segment_bytes = 4096;
+    o
+}
+
+fn rec(topic: &str, ts: u64, payload: &[u8]) -> Record {
+    Record {
+        timestamp_ms: ts,
+        topic: topic.into(),
+        qos: 1,
+        retain: false,
+        client_id: "plc-7".into(),
+        user_properties: vec![("unit".into(), "C".into())],
+        content_type: None,
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// telemetry: 60 records over three prefixes (oldest 2h ago), the first 5 acknowledged;
+/// record 60 has a binary payload. alarms: 3 records.
+fn populate(store: &Store) {
+    populate_with(store, true)
+}
+
+fn populate_with(store: &Store, ack_first_five: bool) {
+    let t = store.class_id("telemetry").unwrap();
+    let a = store.class_id("alarms").unwrap();
+    let start = now_ms() - 2 * 3600 * 1000;
+    let mut tickets = Vec::new();
+    for i in 0..60u64 {
+        let topic = match i % 3 {
+            0 => "site1/line1/temp",
+            1 => "site1/line2/temp",
+            _ => "site2/line1/temp",
+        };
+        let payload = if i == 59 {
+            vec![0xff, 0x00, 0x7f]
+        } else {
+            format!(r#"{{"i":{i},"t":21.5}}"#).into_bytes()
+        };
+        tickets.push(
+            store
+                .append(t, rec(topic, start + i * 1000, &payload))
+                .unwrap(),
+        );
+    }
+    for i in 0..3u64 {
+        tickets.push(
+            store
+                .append(a, rec("site1/alarm/door", start + i, b"OPEN"))
+                .unwrap(),
+        );
+    }
+    for tk in tickets {
+        tk.wait().unwrap();
+    }
+    if !ack_first_five {
+        return;
+    }
+    let mut r = store.reader(t, 1).unwrap();
+    let first5 = r.read_batch(5, 1 << 20).unwrap();
+    store.ack(t, first5[4].position()).unwrap();
+}
+
+/// Every file under `dir` with its length and CRC32C.
+fn checksums(dir: &Path) -> BTreeMap<PathBuf, (u64, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                out.insert(p.clone(), (0, 0));
+                stack.push(p);
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                out.insert(p, (data.len() as u64, crc32c::crc32c(&data)));
+            }
+        }
+    }
+    out
+}
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["--config", "/nonexistent/ferry.toml"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = ferry(args);
+    assert!(
+        o.status.success(),
+        "ferry {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn json(args: &[&str]) -> Value {
+    let s = ok(args);
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("ferry {args:?}: {e}\n{s}"))
+}
+
+fn class_of<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no class {name} in {status}"))
+}
+
+fn assert_fits_80(text: &str) {
+    for l in text.lines() {
+        assert!(l.chars().count() <= 80, "line wider than 80: {l:?}");
+    }
+}
+
+#[test]
+fn read_only_inspection_is_correct_and_changes_no_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    {
+        let (store, _) = Store::open(options(&dir)).unwrap();
+        populate(&store);
+        store.close().unwrap();
+    }
+    let before = checksums(&dir);
+    let d = dir.to_str().unwrap();
+
+    // status: JSON is the exact state, the table shows it in units, aligned, in 80 columns.
+    let st = json(&["status", "--json", "--data-dir", d]);
+    assert_eq!(st["source"], "data_dir");
+    let t = class_of(&st, "telemetry");
+    assert_eq!(t["records"], 55);
+    assert_eq!(t["acked_seq"], 5);
+    assert_eq!(t["oldest_seq"], 6);
+    assert_eq!(t["newest_seq"], 60);
+    let age = t["oldest_age_secs"].as_u64().unwrap();
+    assert!((7190..7300).contains(&age), "oldest age {age}");
+    assert_eq!(class_of(&st, "alarms")["records"], 3);
+    assert_eq!(st["total_records"], 58);
+    assert!(st["forwarder"].is_null());
+
+    let table = ok(&["status", "--data-dir", d]);
+    assert!(
+        table.contains("daemon not running; read-only view"),
+        "{table}"
+    );
+    assert_fits_80(&table);
+    let header = table.lines().find(|l| l.starts_with("CLASS")).unwrap();
+    let row = table.lines().find(|l| l.starts_with("telemetry")).unwrap();
+    assert!(row.contains("  55  "), "{row}");
+    assert!(row.contains("1h59m") || row.contains("2h00m"), "{row}");
+    assert!(row.contains("KiB") || row.contains(" B"), "{row}");
+    // Right-aligned columns end where their header ends.
+    let end_of = |l: &str, word: &str| l.find(word).unwrap() + word.len();
+    assert_eq!(end_of(header, "RECORDS"), end_of(row, "55"));
+
+    // backlog: per prefix at depth 2, from a real scan of the class.
+    let bl = json(&["backlog", "--depth", "2", "--json", "--data-dir", d]);
+    let tb = bl["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == "telemetry")
+        .unwrap();
+    assert_eq!(tb["records"], 55);
+    let prefixes: BTreeMap<String, u64> = tb["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["prefix"].as_str().unwrap().to_string(),
+                p["records"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Records 6..=60 (i = 5..=59): i%3==0 -> line1 of site1 ...
+    let expect: BTreeMap<String, u64> = [
+        ("site1/line1".to_string(), 18),
+        ("site1/line2".to_string(), 18),
+        ("site2/line1".to_string(), 19),
+    ]
+    .into();
+    assert_eq!(prefixes, expect);
+    let bt = ok(&["backlog", "--depth", "1", "--data-dir", d]);
+    assert_fits_80(&bt);
+    assert!(bt.contains("  site1") && bt.contains("  site2"), "{bt}");
+
+    // peek: oldest waiting first, decoded; newest with a filter; binary payloads as hex.
+    let pk = json(&[
+        "peek",
+        "--class",
+        "telemetry",
+        "--limit",
+        "2",
+        "--json",
+        "--data-dir",
+        d,
+    ]);
+    let recs = pk["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0]["seq"], 6);
+    assert_eq!(recs[0]["payload_encoding"], "json");
+    assert_eq!(recs[0]["payload"], r#"{"i":5,"t":21.5}"#);
+    assert_eq!(recs[0]["user_properties"][0][0], "unit");
+    let pk = json(&[
+        "peek",
+        "--class",
+        "telemetry",
+        "--from",
+        "newest",
+        "--limit",
+        "3",
+        "--topic",
+        "site2/#",
+        "--json",
+        "--data-dir",
+        d,
+    ]);
+    let seqs: Vec<u64> = pk["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![54, 57, 60]);
+    assert_eq!(pk["records"][2]["payload_encoding"], "hex");
+    assert_eq!(pk["records"][2]["payload"], "ff007f");
+    let text = ok(&[
+        "peek",
+        "--class",
+        "telemetry",
+        "--from",
+        "newest",
+        "--limit",
+        "1",
+        "--data-dir",
+        d,
+    ]);
+    assert!(text.contains("--- telemetry #60 ---"), "{text}");
+    assert!(text.contains("topic:        site2/line1/temp"), "{text}");
+    assert!(text.contains("ff007f"), "{text}");
+
+    // dead letters and export read the directory too.
+    assert_eq!(
+        json(&["dead-letter", "list", "--json", "--data-dir", d])["entries"],
+        serde_json::json!([])
+    );
+    let out = tmp.path().join("t.fex");
+    let ex = json(&[
+        "export",
+        "--class",
+        "telemetry",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(ex["records"], 55);
+    assert_eq!(ex["first_seq"], 6);
+
+    // An unknown class is an error that names the classes there are.
+    let o = ferry(&["peek", "--class", "nope", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("alarms, telemetry"));
+
+    assert_eq!(
+        before,
+        checksums(&dir),
+        "read-only inspection changed the data directory"
+    );
+}
+
+#[test]
+fn steering_without_a_daemon_says_how_to_start_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("none.sock");
+    for args in [
+        vec!["pause"],
+        vec!["resume", "--class", "telemetry"],
+        vec!["drain", "--for", "30m"],
+        vec!["purge", "--class", "telemetry", "--all", "--yes"],
+        vec!["reload"],
+        vec!["dead-letter", "replay", "all"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--socket", sock.to_str().unwrap()]);
+        let o = ferry(&a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("daemon not running")
+                && err.contains("start it with `systemctl start ferry`, or pass --data-dir for read-only inspection"),
+            "{a:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn read_only_commands_fall_back_to_the_configured_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    {
+        let (store, _) = Store::open(options(&dir)).unwrap();
+        populate(&store);
+        store.close().unwrap();
+    }
+    let cfg = tmp.path().join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "gateway_id = \"site7\"\n[storage]\ndata_dir = \"{}\"\n[control]\nsocket = \"{}\"\n",
+            dir.display(),
+            tmp.path().join("ferry.sock").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["source"], "data_dir");
+    assert_eq!(class_of(&st, "telemetry")["records"], 55);
+}
+
+/// A real Kafka-protocol broker for the test (see docs: decisions.md section 3).
+struct Tansu {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Tansu {
+    fn binary() -> Option<PathBuf> {
+        let home = std::env::var("HOME").ok()?;
+        let p = PathBuf::from(home).join(".local/share/ferry-test/bin/tansu");
+        p.exists().then_some(p)
+    }
+
+    fn start(topics: &[&str]) -> Option<Tansu> {
+        let bin = Self::binary()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Tansu { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for topic in topics {
+            let st = Command::new(&bin)
+                .args([
+                    "topic",
+                    "create",
+                    "--broker",
+                    &url,
+                    "--partitions",
+                    "1",
+                    topic,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "creating topic {topic}");
+        }
+        Some(t)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon's moving parts, run in this process: a real store, optionally a real forwarder,
+/// and the control server on a real socket.
+struct Daemon {
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    fwd_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    fwd_task: Option<tokio::task::JoinHandle<()>>,
+    socket: PathBuf,
+    store: Store,
+    forwarder: Option<ForwarderHandle>,
+}
+
+impl Daemon {
+    fn start(dir: &Path, socket: &Path, broker: Option<u16>) -> Daemon {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (store, _) = Store::open(options(dir)).unwrap();
+        let dl = DeadLetters::open(dir).unwrap();
+        let mut ctx = ControlContext::new(store.clone(), dir);
+        ctx.dead_letters = Some(Arc::new(dl.clone()));
+        ctx.reload = Some(Arc::new(|| Ok("configuration reloaded (test)".to_string())));
+        let (mut fwd_stop, mut fwd_task, mut forwarder) = (None, None, None);
+        if let Some(port) = broker {
+            let mut kafka = KafkaOptions::new(format!("127.0.0.1:{port}"));
+            kafka.linger_ms = 5;
+            let mut opts = ForwarderOptions::new("site7", kafka);
+            // alarms' topic needs a 5th MQTT topic level its records do not have: a mapping
+            // error is permanent, so they become dead letters (deterministically).
+            opts.mappings = vec![(
+                "alarms".into(),
+                ClassMappingConfig {
+                    topic: "ferry.{5}".into(),
+                    key: None,
+                    rules: Vec::new(),
+                },
+            )];
+            let _guard = rt.enter();
+            let (f, h) = Forwarder::new(store.clone(), dl, opts, Box::new(Unlimited)).unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            fwd_task = Some(rt.spawn(async move {
+                f.run(async {
+                    let _ = rx.await;
+                })
+                .await;
+            }));
+            fwd_stop = Some(tx);
+            ctx.forwarder = Some(h.clone());
+            forwarder = Some(h);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let sock = socket.to_path_buf();
+        let server = rt.spawn(async move {
+            serve(&sock, ctx, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "control socket did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            rt,
+            stop: Some(tx),
+            server: Some(server),
+            fwd_stop,
+            fwd_task,
+            socket: socket.to_path_buf(),
+            store,
+            forwarder,
+        }
+    }
+
+    fn sock(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.fwd_stop.take() {
+            let _ = tx.send(());
+        }
+        let (server, fwd) = (self.server.take(), self.fwd_task.take());
+        self.rt.block_on(async {
+            if let Some(s) = server {
+                let _ = s.await;
+            }
+            if let Some(f) = fwd {
+                let _ = tokio::time::timeout(Duration::from_secs(15), f).await;
+            }
+        });
+        let _ = self.store.close();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn daemon_status_purge_and_socket_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let socket = tmp.path().join("run").join("ferry.sock");
+    let d = Daemon::start(&dir, &socket, None);
+    populate(&d.store);
+
+    // The socket is owner+group only.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    if let Some(gid) = ferry::control::server::group_id("ferry") {
+        assert_eq!(meta.gid(), gid);
+    }
+
+    let st = json(&["status", "--json", "--socket", d.sock()]);
+    assert_eq!(st["source"], "daemon");
+    assert_eq!(st["pid"], std::process::id());
+    assert_eq!(class_of(&st, "telemetry")["records"], 55);
+    assert!(st["ingest"].is_object());
+    let table = ok(&["status", "--socket", d.sock()]);
+    assert!(
+        table.contains(&format!("daemon pid {}", std::process::id())),
+        "{table}"
+    );
+    assert!(table.contains("no forwarder running"), "{table}");
+    assert_fits_80(&table);
+
+    // Without a forwarder, steering says why it cannot.
+    let o = ferry(&["pause", "--socket", d.sock()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("forwarder is not running"));
+
+    // Reload goes to the daemon's callback.
+    assert_eq!(
+        ok(&["reload", "--socket", d.sock()]).trim(),
+        "configuration reloaded (test)"
+    );
+
+    // Purge without --yes and without a terminal refuses; with --yes it removes whole
+    // segments and says how much; a reader then starts after them.
+    let o = ferry(&[
+        "purge",
+        "--class",
+        "telemetry",
+        "--all",
+        "--socket",
+        d.sock(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --yes"));
+    let t = d.store.class_id("telemetry").unwrap();
+    let mut before = d.store.reader(t, 6).unwrap();
+    assert_eq!(before.read_batch(1, 1 << 20).unwrap()[0].seq, 6);
+    let p = json(&[
+        "purge",
+        "--class",
+        "telemetry",
+        "--older-than",
+        "1h",
+        "--yes",
+        "--json",
+        "--socket",
+        d.sock(),
+    ]);
+    let purged = p["records"].as_u64().unwrap();
+    assert!(purged > 0 && purged <= 55, "{p}");
+    assert!(p["bytes"].as_u64().unwrap() > 0);
+    let mut after = d.store.reader(t, 6).unwrap();
+    let first = after.read_batch(1, 1 << 20).unwrap();
+    let first_seq = first.first().map_or(u64::MAX, |r| r.seq);
+    assert!(first_seq > 6, "reader still sees purged records");
+    let st = json(&["status", "--json", "--socket", d.sock()]);
+    let tc = class_of(&st, "telemetry");
+    assert_eq!(tc["dropped_purge"].as_u64().unwrap(), purged);
+    assert_eq!(tc["records"].as_u64().unwrap(), 55 - purged);
+    let text = ok(&[
+        "purge",
+        "--class",
+        "alarms",
+        "--all",
+        "--yes",
+        "--socket",
+        d.sock(),
+    ]);
+    assert!(text.starts_with("purged 3 records"), "{text}");
+    let pk = json(&["peek", "--class", "alarms", "--json", "--socket", d.sock()]);
+    assert_eq!(pk["records"], serde_json::json!([]));
+
+    // A user outside the socket's group is refused by the kernel. The directories on the way
+    // are opened up so that only the socket's own mode stands in the way.
+    if unsafe { libc::geteuid() } == 0 && Path::new("/usr/bin/setpriv").exists() {
+        for p in [tmp.path(), socket.parent().unwrap()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let o = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args([
+                "--config",
+                "/nonexistent.toml",
+                "status",
+                "--socket",
+                d.sock(),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        if err.contains("failed to execute") {
+            eprintln!(
+                "SKIP foreign-user check: the test binary is not reachable for nobody: {err}"
+            );
+        } else {
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "nobody could use the socket: {err}"
+            );
+            assert!(
+                err.contains("permission denied on the control socket"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn export_then_import_keeps_origin_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    {
+        let (store, _) = Store::open(options(&site)).unwrap();
+        populate(&store);
+        store.close().unwrap();
+    }
+    let file = tmp.path().join("telemetry.fex");
+    let f = file.to_str().unwrap();
+    ok(&[
+        "export",
+        "--class",
+        "telemetry",
+        "--out",
+        f,
+        "--data-dir",
+        site.to_str().unwrap(),
+    ]);
+    assert!(!tmp.path().join("telemetry.fex.partial").exists());
+    let check = json(&["import", "--check", f, "--json"]);
+    assert_eq!(check["records"], 55);
+    assert_eq!(check["class"], "telemetry");
+
+    let hub = tmp.path().join("hub");
+    let d = Daemon::start(&hub, &tmp.path().join("hub.sock"), None);
+    let r = json(&["import", f, "--json", "--socket", d.sock()]);
+    assert_eq!(r["records"], 55);
+    assert_eq!(r["first_seq"], 6);
+    assert_eq!(r["last_seq"], 60);
+    let pk = json(&[
+        "peek",
+        "--class",
+        "telemetry",
+        "--limit",
+        "1",
+        "--json",
+        "--socket",
+        d.sock(),
+    ]);
+    let rec = &pk["records"][0];
+    assert_eq!(rec["seq"], 1, "new local sequence");
+    assert_eq!(rec["payload"], r#"{"i":5,"t":21.5}"#);
+    let props: Vec<(String, String)> =
+        serde_json::from_value(rec["user_properties"].clone()).unwrap();
+    assert!(
+        props.contains(&("ferry.origin.seq".into(), "gateway/telemetry/6".into())),
+        "{props:?}"
+    );
+
+    // A damaged file imports nothing.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    let bad = tmp.path().join("bad.fex");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = ferry(&["import", bad.to_str().unwrap(), "--socket", d.sock()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a usable ferry export file"));
+    let st = json(&["status", "--json", "--socket", d.sock()]);
+    assert_eq!(class_of(&st, "telemetry")["records"], 55);
+}
+
+#[test]
+fn forwarder_pause_resume_drain_against_a_real_broker() {
+    let Some(broker) = Tansu::start(&["ferry.telemetry"]) else {
+        eprintln!("SKIP: tansu not installed (scripts/install-tansu.sh)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = Daemon::start(&dir, &tmp.path().join("ferry.sock"), Some(broker.port));
+    let s = d.sock().to_string();
+
+    // Paused: records wait and status says so.
+    assert_eq!(
+        ok(&["pause", "--socket", &s]).trim(),
+        "all classes paused (records in flight still finish)"
+    );
+    populate_with(&d.store, false);
+    std::thread::sleep(Duration::from_secs(2));
+    let st = json(&["status", "--json", "--socket", &s]);
+    assert_eq!(st["forwarder"]["all_paused"], true);
+    let t = class_of(&st, "telemetry");
+    assert_eq!(t["records"], 60);
+    assert_eq!(t["paused"], true);
+    let table = ok(&["status", "--socket", &s]);
+    assert!(table.contains("paused    all classes"), "{table}");
+    assert_fits_80(&table);
+
+    // A per-class pause names the class; unknown classes are refused with the list.
+    let o = ferry(&["pause", "--class", "nope", "--socket", &s]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("alarms, telemetry"));
+
+    // Drain override shows in status with its end.
+    ok(&["drain", "--for", "30m", "--socket", &s]);
+    let st = json(&["status", "--json", "--socket", &s]);
+    let until = st["forwarder"]["drain_now_until_ms"].as_u64().unwrap();
+    let now = now_ms();
+    assert!(
+        until > now + 29 * 60_000 && until <= now + 31 * 60_000,
+        "{until}"
+    );
+    assert!(ok(&["status", "--socket", &s]).contains("drain override until"));
+    ok(&["drain", "--cancel", "--socket", &s]);
+    let st = json(&["status", "--json", "--socket", &s]);
+    assert!(st["forwarder"]["drain_now_until_ms"].is_null());
+
+    // Resume: the broker acknowledges the backlog and the class empties.
+    ok(&["resume", "--socket", &s]);
+    wait_for("telemetry to drain", Duration::from_secs(90), || {
+        let st = json(&["status", "--json", "--socket", &s]);
+        class_of(&st, "telemetry")["records"] == 0
+    });
+    let st = json(&["status", "--json", "--socket", &s]);
+    assert_eq!(class_of(&st, "telemetry")["acked_seq"], 60);
+    assert_eq!(st["forwarder"]["link"], "online");
+    assert!(st["forwarder"]["acked_records"].as_u64().unwrap() >= 60);
+    let h = d.forwarder.as_ref().unwrap().status();
+    assert!(!h.all_paused);
+
+    // alarms has no topic on the broker: its records become dead letters, visible and
+    // droppable from the CLI.
+    wait_for(
+        "alarms to be dead-lettered",
+        Duration::from_secs(90),
+        || {
+            let l = json(&["dead-letter", "list", "--json", "--socket", &s]);
+            l["entries"].as_array().unwrap().len() == 3
+        },
+    );
+    let l = json(&["dead-letter", "list", "--json", "--socket", &s]);
+    let id = l["entries"][0]["id"].as_u64().unwrap();
+    let shown = json(&[
+        "dead-letter",
+        "show",
+        &id.to_string(),
+        "--json",
+        "--socket",
+        &s,
+    ]);
+    assert_eq!(shown["record"]["payload"], "OPEN");
+    let text = ok(&["dead-letter", "list", "--socket", &s]);
+    assert!(text.contains("site1/alarm/door"), "{text}");
+    assert_fits_80(&text);
+    assert_eq!(
+        ok(&["dead-letter", "drop", "all", "--socket", &s]).trim(),
+        "dropped 3 dead letter(s)"
+    );
+    drop(d);
+    drop(broker);
+}
+
+#[test]
+fn status_watch_redraws_in_a_real_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIP: tmux not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let d = Daemon::start(&dir, &tmp.path().join("w.sock"), None);
+    populate(&d.store);
+    let session = format!("ferry-watch-{}", std::process::id());
+    let cmd = format!(
+        "{BIN} --config /nonexistent.toml status --watch --socket {}",
+        d.sock()
+    );
+    let st = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "80",
+            "-y",
+            "30",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let capture = || {
+        let o = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let mut first = String::new();
+    wait_for("the first frame", Duration::from_secs(20), || {
+        first = capture();
+        first.contains("telemetry") && first.contains("every 1s")
+    });
+    assert!(first.contains("CLASS"), "{first}");
+    // New records appear in the next frames without touching the terminal.
+    let t = d.store.class_id("telemetry").unwrap();
+    d.store
+        .append(t, rec("site3/x", now_ms(), b"late"))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mut later = String::new();
+    wait_for(
+        "a redraw with the new record",
+        Duration::from_secs(20),
+        || {
+            later = capture();
+            later
+                .lines()
+                .any(|l| l.starts_with("telemetry") && l.contains(" 56 "))
+        },
+    );
+    // One frame on screen (cleared, not scrolled): the header appears once.
+    assert_eq!(later.matches("CLASS").count(), 1, "{later}");
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+}
