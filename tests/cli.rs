@@ -230,7 +230,9 @@ fn read_only_inspection_is_correct_and_changes_no_byte() {
     ]
     .into();
     assert_eq!(prefixes, expect);
+    println!("{table}");
     let bt = ok(&["backlog", "--depth", "1", "--data-dir", d]);
+    println!("{bt}");
     assert_fits_80(&bt);
     assert!(bt.contains("  site1") && bt.contains("  site2"), "{bt}");
 
@@ -769,6 +771,7 @@ fn forwarder_pause_resume_drain_against_a_real_broker() {
     assert_eq!(t["records"], 60);
     assert_eq!(t["paused"], true);
     let table = ok(&["status", "--socket", &s]);
+    println!("{table}");
     assert!(table.contains("paused    all classes"), "{table}");
     assert_fits_80(&table);
 
@@ -825,6 +828,12 @@ fn forwarder_pause_resume_drain_against_a_real_broker() {
     ]);
     assert_eq!(shown["record"]["payload"], "OPEN");
     let text = ok(&["dead-letter", "list", "--socket", &s]);
+    println!("{text}");
+    println!("{}", ok(&["status", "--socket", &s]));
+    println!(
+        "{}",
+        ok(&["dead-letter", "show", &id.to_string(), "--socket", &s])
+    );
     assert!(text.contains("site1/alarm/door"), "{text}");
     assert_fits_80(&text);
     assert_eq!(

@@ -143,12 +143,18 @@ impl RateTracker {
     }
 
     pub fn sample(&mut self, store: &Store) {
-        let n = store.class_names().len();
+        let stats = store.stats();
         let s = Sample {
             at: Instant::now(),
-            committed: (0..n).map(|c| store.committed(c)).sum(),
-            written_bytes: store.io_stats().logical_bytes_written,
-            acked_bytes: (0..n).map(|c| store.acked(c).logical_end).collect(),
+            committed: (0..stats.len()).map(|c| store.committed(c)).sum(),
+            // The class's logical end (acknowledged end + waiting bytes) grows by exactly the
+            // bytes appended; only a purge or a retention drop makes it dip (rate 0 for that
+            // sample). IoStats::logical_bytes_written would be simpler but is not maintained.
+            written_bytes: stats
+                .iter()
+                .map(|c| c.acked.logical_end + c.logical_bytes)
+                .sum(),
+            acked_bytes: stats.iter().map(|c| c.acked.logical_end).collect(),
         };
         self.samples.push_back(s);
         while self.samples.len() > 2
