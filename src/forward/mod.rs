@@ -852,14 +852,18 @@ impl Forwarder {
                 c.retry_at = Some(now + wait);
                 tracing::debug!(class = %c.name, from_seq = c.acked.seq + 1, backoff_ms = wait.as_millis() as u64, "class rewinds to its acknowledged position after a failure");
             }
-            if c.inflight.is_empty() && c.staged.is_empty() {
-                // Nothing outstanding: the stall watchdog has nothing to wait for.
-            }
         }
         self.acked_bytes += newly_acked_bytes;
-        if self.classes.iter().all(|c| c.inflight.is_empty()) {
+        if !self.awaiting_delivery() {
             self.last_progress = now;
         }
+    }
+
+    /// True while some record is expected to be delivered and is not yet: records in flight,
+    /// or a class backing off after a failure (its in-flight table is empty then, but it has
+    /// not made progress). The stall watchdog measures only while this holds.
+    fn awaiting_delivery(&self) -> bool {
+        self.inflight_bytes > 0 || self.classes.iter().any(|c| c.failures > 0)
     }
 
     /// Persists positions that moved (at most every `ack_interval`, or now when `force`).
@@ -949,22 +953,28 @@ impl Forwarder {
                 self.reset_wanted = Some(format!("producer fatal error {code:?}: {msg}"));
             }
         }
-        // Stall watchdog: records in flight, no acknowledgement for stall_timeout, and the
-        // link is not known to be down (then a new producer would not help).
-        let stalled = self.inflight_bytes > 0
-            && self.link != LinkState::Offline
+        // Stall watchdog: records awaiting delivery and no acknowledgement for stall_timeout.
+        // Connected (not offline), that is a stall: counted, link `stalled`. Offline, a new
+        // producer is still worth it (spaced by the growing reset backoff): a producer can get
+        // wedged across a broker restart, e.g. endlessly timing out after an epoch bump the
+        // new broker does not know, and only a fresh producer id gets it going again.
+        let stuck = self.awaiting_delivery()
             && now.duration_since(self.last_progress) >= self.opts.stall_timeout;
-        if stalled && self.reset_wanted.is_none() {
-            self.stalls += 1;
-            self.set_link(LinkState::Stalled);
+        if stuck && self.reset_wanted.is_none() {
             let msg = format!(
                 "no acknowledgement for {:?} with {} bytes in flight",
                 now.duration_since(self.last_progress),
                 self.inflight_bytes
             );
-            tracing::warn!(stalls = self.stalls, "stall watchdog: {msg}");
-            self.last_error = Some((format!("stall: {msg}"), unix_ms()));
-            self.reset_wanted = Some(format!("stall watchdog: {msg}"));
+            if self.link == LinkState::Offline {
+                tracing::info!("watchdog while offline: {msg}; trying a fresh producer");
+            } else {
+                self.stalls += 1;
+                self.set_link(LinkState::Stalled);
+                tracing::warn!(stalls = self.stalls, "stall watchdog: {msg}");
+                self.last_error = Some((format!("stall: {msg}"), unix_ms()));
+            }
+            self.reset_wanted = Some(format!("watchdog: {msg}"));
         }
         if let Some(why) = self.reset_wanted.clone() {
             self.reset_producer(why).await;
@@ -972,7 +982,7 @@ impl Forwarder {
                 return self.reset_not_before.unwrap_or(now + self.opts.backoff_min);
             }
         }
-        if self.inflight_bytes > 0 {
+        if self.awaiting_delivery() {
             wake = wake.min(self.last_progress + self.opts.stall_timeout);
         }
 
@@ -1104,10 +1114,13 @@ impl Forwarder {
 
         // Map the staged records (bounded by the in-flight limit) and take throttle tokens for
         // the whole run at once.
-        let room = self
+        let mut room = self
             .opts
             .max_in_flight_bytes
             .saturating_sub(self.inflight_bytes);
+        if let Some(cap) = self.policy.max_run_bytes(class) {
+            room = room.min(usize::try_from(cap).unwrap_or(usize::MAX).max(1));
+        }
         let mut run: Vec<(StoredRecord, Result<KafkaRecord, MappingError>)> = Vec::new();
         let mut run_bytes = 0usize;
         {
@@ -1183,10 +1196,6 @@ impl Forwarder {
                 Ok(()) => {
                     let bytes = rec.wire_size();
                     let c = &mut self.classes[class];
-                    if c.inflight.is_empty() && self.inflight_bytes == 0 {
-                        // Starting from idle: the watchdog measures from the first send.
-                        self.last_progress = Instant::now();
-                    }
                     c.inflight.push_back(Slot {
                         stored,
                         bytes,

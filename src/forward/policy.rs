@@ -41,6 +41,13 @@ pub trait Policy: Send {
     fn sent(&mut self, class: ClassId, bytes: u64);
     /// Current throttle rate in bytes/s (None: unlimited), for status.
     fn rate_limit(&self) -> Option<u64>;
+    /// Largest run of bytes to hand to the producer at once for `class` (None: no limit
+    /// beyond the batch and in-flight limits). A throttle returns its bucket capacity here:
+    /// it lets a whole run go when the bucket allows its first bytes and charges the rest as
+    /// debt, so runs larger than the bucket would make short drains overshoot the rate.
+    fn max_run_bytes(&self, _class: ClassId) -> Option<u64> {
+        None
+    }
 }
 
 /// Always open, unthrottled, strict priority by class order (class 0 first). What the
@@ -126,5 +133,17 @@ impl Policy for Configured {
     }
     fn rate_limit(&self) -> Option<u64> {
         self.throttles.global.current_rate().bytes_per_sec()
+    }
+    fn max_run_bytes(&self, class: ClassId) -> Option<u64> {
+        let class_cap = self
+            .throttles
+            .classes
+            .get(class)
+            .and_then(|t| t.as_ref())
+            .and_then(|t| t.capacity());
+        match (self.throttles.global.capacity(), class_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

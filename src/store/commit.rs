@@ -53,6 +53,9 @@ impl Future for CommitTicket {
     }
 }
 
+/// See `Writer::run`: how long an empty queue may stay empty before the batch is committed.
+const QUIET: std::time::Duration = std::time::Duration::from_micros(200);
+
 enum Cmd {
     Append {
         class: ClassId,
@@ -217,7 +220,7 @@ pub(crate) struct Shared {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     headroom_ok: Arc<AtomicBool>,
-    _lock: Option<std::fs::File>,
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -341,7 +344,7 @@ impl Shared {
             tx: Mutex::new(tx),
             writer: Mutex::new(writer),
             headroom_ok,
-            _lock: lock,
+            lock: Mutex::new(lock),
         });
         Ok((shared, report))
     }
@@ -563,6 +566,8 @@ impl Shared {
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+        // Release the data directory (flock is dropped with the file).
+        self.lock.lock().take();
         res
     }
 }
@@ -668,7 +673,10 @@ impl Writer {
                         if now >= deadline {
                             None
                         } else {
-                            match self.rx.recv_timeout(deadline - now) {
+                            // Linger for more only while appends keep arriving: a queue that
+                            // stays quiet for QUIET ends the batch early, so a lone
+                            // publisher does not pay the whole max_delay on every commit.
+                            match self.rx.recv_timeout((deadline - now).min(QUIET)) {
                                 Ok(c) => Some(c),
                                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -857,6 +865,15 @@ impl Writer {
                 seg.logical_bytes += f.header.raw_len as u64;
                 seg.len = if f.synced { f.end_offset } else { active_len };
                 c.disk_bytes
+                    .fetch_add(f.header.frame_len(), Ordering::Relaxed);
+                self.io
+                    .records
+                    .fetch_add(f.header.count as u64, Ordering::Relaxed);
+                self.io
+                    .logical
+                    .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
+                self.io
+                    .frame_bytes
                     .fetch_add(f.header.frame_len(), Ordering::Relaxed);
                 completed.push(f);
             }

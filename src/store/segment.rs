@@ -341,6 +341,7 @@ impl ActiveSegment {
             .and_then(|_| file.sync_data())
             .map_err(|e| StoreError::io("write segment header", &path, e))?;
         sync_dir(dir)?;
+        sync_log(&path, SEGMENT_HEADER_LEN as u64);
         Ok(ActiveSegment {
             file,
             path,
@@ -388,6 +389,7 @@ impl ActiveSegment {
         }
         self.len += self.pending;
         self.pending = 0;
+        sync_log(&self.path, self.len);
         Ok(())
     }
 
@@ -396,5 +398,28 @@ impl ActiveSegment {
         let _ = self.file.set_len(self.len);
         let _ = self.file.seek(SeekFrom::Start(self.len));
         self.pending = 0;
+    }
+}
+
+/// Test hook for power-loss simulation: when `FERRY_TEST_SYNC_LOG` names a file, every
+/// completed fdatasync of a segment appends `<path> <durable length>` to it. A test kills the
+/// process, cuts every segment back to its last logged length (what a power cut would leave
+/// of the page cache), and checks that recovery still has every acknowledged record.
+fn sync_log(path: &Path, len: u64) {
+    use std::sync::{Mutex, OnceLock};
+    static LOG: OnceLock<Option<Mutex<File>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let p = std::env::var_os("FERRY_TEST_SYNC_LOG")?;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+            .map(Mutex::new)
+    });
+    if let Some(m) = log {
+        if let Ok(mut f) = m.lock() {
+            let _ = writeln!(f, "{} {len}", path.display());
+        }
     }
 }

@@ -67,12 +67,22 @@ impl Tansu {
         Self::start_advertising(None)
     }
 
-    /// Starts a broker that tells clients to connect to `advertised` (a [`Proxy`] in front).
-    pub fn start_advertising(advertised: Option<u16>) -> Tansu {
+    /// Starts a broker behind `proxy`: clients are told (in metadata) to connect through it.
+    pub fn start_behind(proxy: &Proxy) -> Tansu {
+        let port = free_port();
+        proxy.set_target(port);
+        Self::start_inner(port, Some(proxy.port()))
+    }
+
+    fn start_advertising(advertised: Option<u16>) -> Tansu {
+        Self::start_inner(free_port(), advertised)
+    }
+
+    fn start_inner(port: u16, advertised: Option<u16>) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
         let mut t = Tansu {
             bin: tansu_bin(),
-            port: free_port(),
+            port,
             advertised,
             child: None,
             log: dir.path().join("tansu.log"),
