@@ -32,7 +32,7 @@ fn class(name: &str) -> ClassOptions {
 fn options(dir: &Path) -> StoreOptions {
     let mut o = StoreOptions::new(dir, vec![class("alarms"), class("telemetry")]);
     // Small segments so purge (whole segments) has something to cut.
-    o.segment_bytes = 4096;
+    o.segment_bytes = 1024;
     o
 }
 
@@ -764,11 +764,21 @@ fn forwarder_pause_resume_drain_against_a_real_broker() {
         "all classes paused (records in flight still finish)"
     );
     populate_with(&d.store, false);
+    // Five fresh records after the 2-hour-old ones (they survive a purge of the old).
+    let tc = d.store.class_id("telemetry").unwrap();
+    for i in 0..5 {
+        let r = rec(
+            "site1/line1/temp",
+            now_ms(),
+            format!("fresh {i}").as_bytes(),
+        );
+        d.store.append(tc, r).unwrap().wait().unwrap();
+    }
     std::thread::sleep(Duration::from_secs(2));
     let st = json(&["status", "--json", "--socket", &s]);
     assert_eq!(st["forwarder"]["all_paused"], true);
     let t = class_of(&st, "telemetry");
-    assert_eq!(t["records"], 60);
+    assert_eq!(t["records"], 65);
     assert_eq!(t["paused"], true);
     let table = ok(&["status", "--socket", &s]);
     println!("{table}");
@@ -793,6 +803,21 @@ fn forwarder_pause_resume_drain_against_a_real_broker() {
     let st = json(&["status", "--json", "--socket", &s]);
     assert!(st["forwarder"]["drain_now_until_ms"].is_null());
 
+    // Purge while paused: the forwarder then sends only what is left.
+    let p = json(&[
+        "purge",
+        "--class",
+        "telemetry",
+        "--older-than",
+        "1h",
+        "--yes",
+        "--json",
+        "--socket",
+        &s,
+    ]);
+    let purged = p["records"].as_u64().unwrap();
+    assert!(purged > 0 && purged <= 60, "{p}");
+
     // Resume: the broker acknowledges the backlog and the class empties.
     ok(&["resume", "--socket", &s]);
     wait_for("telemetry to drain", Duration::from_secs(90), || {
@@ -800,11 +825,17 @@ fn forwarder_pause_resume_drain_against_a_real_broker() {
         class_of(&st, "telemetry")["records"] == 0
     });
     let st = json(&["status", "--json", "--socket", &s]);
-    assert_eq!(class_of(&st, "telemetry")["acked_seq"], 60);
+    assert_eq!(class_of(&st, "telemetry")["acked_seq"], 65);
     assert_eq!(st["forwarder"]["link"], "online");
-    assert!(st["forwarder"]["acked_records"].as_u64().unwrap() >= 60);
     let h = d.forwarder.as_ref().unwrap().status();
     assert!(!h.all_paused);
+    let tel = h.classes.iter().find(|c| c.name == "telemetry").unwrap();
+    assert_eq!(
+        tel.acked_records,
+        65 - purged,
+        "purged records were not sent"
+    );
+    assert_eq!(tel.sent_records, 65 - purged + tel.resent_records);
 
     // alarms has no topic on the broker: its records become dead letters, visible and
     // droppable from the CLI.
@@ -836,9 +867,37 @@ fn forwarder_pause_resume_drain_against_a_real_broker() {
     );
     assert!(text.contains("site1/alarm/door"), "{text}");
     assert_fits_80(&text);
+    // Replay puts them back into their class; the mapping still refuses them, so they come
+    // back as new dead letters (new ids): the forwarder really sent them through again.
+    assert_eq!(
+        ok(&["dead-letter", "replay", "all", "--socket", &s]).trim(),
+        "replayed 3 dead letter(s)"
+    );
+    wait_for(
+        "replayed records to be dead-lettered again",
+        Duration::from_secs(90),
+        || {
+            let l = json(&["dead-letter", "list", "--json", "--socket", &s]);
+            let e = l["entries"].as_array().unwrap();
+            e.len() == 3 && e.iter().all(|x| x["id"].as_u64().unwrap() > 3)
+        },
+    );
+    // Replayed records got sequences 4..=6 in their class, and were acknowledged there.
+    wait_for(
+        "alarms acked through the replayed records",
+        Duration::from_secs(30),
+        || {
+            let st = json(&["status", "--json", "--socket", &s]);
+            class_of(&st, "alarms")["acked_seq"] == 6
+        },
+    );
     assert_eq!(
         ok(&["dead-letter", "drop", "all", "--socket", &s]).trim(),
         "dropped 3 dead letter(s)"
+    );
+    assert_eq!(
+        json(&["dead-letter", "list", "--json", "--socket", &s])["entries"],
+        serde_json::json!([])
     );
     drop(d);
     drop(broker);
