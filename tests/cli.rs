@@ -935,7 +935,7 @@ fn status_watch_redraws_in_a_real_terminal() {
     assert!(st.success());
     let capture = || {
         let o = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &session])
+            .args(["capture-pane", "-p", "-J", "-t", &session])
             .output()
             .unwrap();
         String::from_utf8_lossy(&o.stdout).to_string()
@@ -966,6 +966,72 @@ fn status_watch_redraws_in_a_real_terminal() {
     );
     // One frame on screen (cleared, not scrolled): the header appears once.
     assert_eq!(later.matches("CLASS").count(), 1, "{later}");
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+}
+
+#[test]
+fn purge_asks_for_confirmation_on_a_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIP: tmux not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("data"), &tmp.path().join("p.sock"), None);
+    populate(&d.store);
+    let session = format!("ferry-purge-{}", std::process::id());
+    let out = tmp.path().join("out.txt");
+    // The shell keeps the pane open after ferry exits so its last words can be read.
+    let cmd = format!(
+        "{BIN} --config /nonexistent.toml purge --class alarms --all --socket {}; echo exit=$? > {}; sleep 30",
+        d.sock(),
+        out.display()
+    );
+    let st = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "100",
+            "-y",
+            "20",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let capture = || {
+        let o = Command::new("tmux")
+            .args(["capture-pane", "-p", "-J", "-t", &session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let mut screen = String::new();
+    wait_for("the confirmation prompt", Duration::from_secs(20), || {
+        screen = capture();
+        screen.contains("[y/N]")
+    });
+    assert!(
+        screen.contains("Class `alarms` holds 3 waiting records (129 B).")
+            && screen.contains("Purge ALL waiting records of class `alarms`?"),
+        "{screen}"
+    );
+    // Nothing happens before the answer.
+    let st = json(&["status", "--json", "--socket", d.sock()]);
+    assert_eq!(class_of(&st, "alarms")["records"], 3);
+    Command::new("tmux")
+        .args(["send-keys", "-t", &session, "y", "Enter"])
+        .status()
+        .unwrap();
+    wait_for("ferry to finish", Duration::from_secs(20), || out.exists());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "exit=0");
+    assert!(capture().contains("purged 3 records"), "{}", capture());
+    let st = json(&["status", "--json", "--socket", d.sock()]);
+    assert_eq!(class_of(&st, "alarms")["records"], 0);
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
         .status();

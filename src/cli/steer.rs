@@ -163,13 +163,14 @@ pub fn purge(cli: &Cli, a: &PurgeArgs) -> anyhow::Result<u8> {
             );
         }
         let status: StatusReport = client.call(Request::Status)?;
-        let waiting = status
+        let holds = status
             .classes
             .iter()
             .find(|c| c.name == a.class)
             .map(|c| {
                 format!(
-                    " (it holds {} records, {})",
+                    "Class `{}` holds {} waiting records ({}).\n",
+                    a.class,
                     fmt::count(c.records),
                     fmt::bytes(c.bytes)
                 )
@@ -178,7 +179,7 @@ pub fn purge(cli: &Cli, a: &PurgeArgs) -> anyhow::Result<u8> {
         let mut err = std::io::stderr().lock();
         write!(
             err,
-            "Purge {what} of class `{}`{waiting}? They will never be sent. [y/N] ",
+            "{holds}Purge {what} of class `{}`? They will never be sent. [y/N] ",
             a.class
         )
         .context("writing the prompt")?;

@@ -46,6 +46,11 @@ use super::{
 pub const SOCKET_MODE: u32 = 0o660;
 /// Group given the socket when it exists.
 pub const SOCKET_GROUP: &str = "ferry";
+/// Connections served at once; more wait in the listen backlog. Operators are few; this only
+/// bounds what a runaway script can cost the daemon.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A reload callback: re-reads the config; `Ok(summary)` or `Err(why it was refused)`.
 pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
@@ -172,20 +177,27 @@ pub async fn serve_listener(
             }
         });
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            accepted = async {
+                // Take a slot first, so a flood waits in the kernel's backlog, not in memory.
+                let permit = slots.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => match accepted {
+                (Ok(permit), Ok((stream, _))) => {
                     let (ctx, rates, stop) = (ctx.clone(), rates.clone(), stop_rx.clone());
                     tasks.spawn(async move {
                         if let Err(e) = connection(stream, ctx, rates, stop).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
-                Err(e) => {
+                (Err(_), _) => break Ok(()),
+                (_, Err(e)) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "control socket accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -194,6 +206,7 @@ pub async fn serve_listener(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     };
+
     let _ = stop_tx.send(true);
     // Connection tasks finish the request in hand; a stuck one is not allowed to hold up
     // the daemon's shutdown.
@@ -221,7 +234,10 @@ async fn connection(
     loop {
         line.clear();
         let n = tokio::select! {
-            n = read_bounded_line(&mut rd, &mut line) => n?,
+            n = tokio::time::timeout(IDLE_TIMEOUT, read_bounded_line(&mut rd, &mut line)) => match n {
+                Ok(n) => n?,
+                Err(_) => return Ok(()),
+            },
             _ = stop.changed() => return Ok(()),
         };
         if n == 0 {
@@ -341,9 +357,10 @@ async fn handle(
     match req {
         Request::Version => to_value(VersionInfo::this_build()),
         Request::Status => {
+            // Rates come from the once-a-second samples only: sampling per request would let a
+            // busy client grow the sample window without bound.
             let live = {
-                let mut r = rates.lock();
-                r.sample(&ctx.store);
+                let r = rates.lock();
                 Live {
                     started_at_ms: ctx.started_at_ms,
                     pid: std::process::id(),
