@@ -13,7 +13,7 @@ use ferry::control::server::{serve, ControlContext};
 use ferry::forward::deadletter::DeadLetters;
 use ferry::forward::kafka::KafkaOptions;
 use ferry::forward::mapping::ClassMappingConfig;
-use ferry::forward::policy::Unlimited;
+use ferry::forward::policy::{Candidate, Policy, Unlimited, WindowState};
 use ferry::forward::{Forwarder, ForwarderHandle, ForwarderOptions};
 use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
 use serde_json::Value;
@@ -459,6 +459,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, socket: &Path, broker: Option<u16>) -> Daemon {
+        Self::start_with(dir, socket, broker, Box::new(Unlimited))
+    }
+
+    fn start_with(
+        dir: &Path,
+        socket: &Path,
+        broker: Option<u16>,
+        policy: Box<dyn Policy>,
+    ) -> Daemon {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -485,7 +494,7 @@ impl Daemon {
                 },
             )];
             let _guard = rt.enter();
-            let (f, h) = Forwarder::new(store.clone(), dl, opts, Box::new(Unlimited)).unwrap();
+            let (f, h) = Forwarder::new(store.clone(), dl, opts, policy).unwrap();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             fwd_task = Some(rt.spawn(async move {
                 f.run(async {
@@ -1035,4 +1044,80 @@ fn purge_asks_for_confirmation_on_a_terminal() {
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
         .status();
+}
+
+/// A schedule whose window is closed for the next three hours, with a 50 KiB/s throttle.
+struct ClosedForThreeHours;
+
+impl Policy for ClosedForThreeHours {
+    fn window(&mut self) -> WindowState {
+        WindowState {
+            open: false,
+            next_change: Some(Duration::from_secs(3 * 3600)),
+        }
+    }
+    fn pick(&mut self, candidates: &[Candidate]) -> Option<usize> {
+        candidates.iter().map(|c| c.class).min()
+    }
+    fn take(&mut self, _class: usize, _bytes: u64) -> Result<(), Duration> {
+        Ok(())
+    }
+    fn sent(&mut self, _class: usize, _bytes: u64) {}
+    fn rate_limit(&self) -> Option<u64> {
+        Some(50 * 1024)
+    }
+}
+
+#[test]
+fn drain_opens_a_closed_window() {
+    let Some(broker) = Tansu::start(&["ferry.telemetry", "ferry.alarms"]) else {
+        eprintln!("SKIP: tansu not installed (scripts/install-tansu.sh)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(
+        &tmp.path().join("data"),
+        &tmp.path().join("ferry.sock"),
+        Some(broker.port),
+        Box::new(ClosedForThreeHours),
+    );
+    let s = d.sock().to_string();
+    populate_with(&d.store, false);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Window closed: nothing moves, and status says when it opens and what the throttle is.
+    let st = json(&["status", "--json", "--socket", &s]);
+    let f = &st["forwarder"];
+    assert_eq!(f["window_open"], false);
+    assert_eq!(f["throttle_bytes_per_sec"], 50 * 1024);
+    let opens = f["window_next_change_ms"].as_u64().unwrap();
+    assert!(opens > now_ms() + 2 * 3600 * 1000, "{opens}");
+    assert_eq!(class_of(&st, "telemetry")["records"], 60);
+    let table = ok(&["status", "--socket", &s]);
+    println!("{table}");
+    assert!(
+        table.contains("window    closed, opens in 2h59m")
+            || table.contains("window    closed, opens in 3h00m"),
+        "{table}"
+    );
+    assert!(table.contains("throttle  50.0 KiB/s"), "{table}");
+
+    // drain --for opens it: the backlog goes, and the override shows until it ends.
+    assert!(ok(&["drain", "--for", "10m", "--socket", &s]).contains("for 10m00s"));
+    wait_for(
+        "the drain to empty every class",
+        Duration::from_secs(90),
+        || {
+            let st = json(&["status", "--json", "--socket", &s]);
+            st["total_records"] == 0
+        },
+    );
+    let st = json(&["status", "--json", "--socket", &s]);
+    assert_eq!(class_of(&st, "telemetry")["acked_seq"], 60);
+    assert_eq!(class_of(&st, "telemetry")["fits_window"], true);
+    let table = ok(&["status", "--socket", &s]);
+    println!("{table}");
+    assert!(table.contains("window    drain override until"), "{table}");
+    drop(d);
+    drop(broker);
 }
