@@ -806,9 +806,33 @@ fn kill9_child_process() {
         .unwrap();
     rt.block_on(async move {
         let dir = std::path::PathBuf::from(dir);
+        use ferry::forward::clock::{Clock, SystemClock};
+        use ferry::forward::policy::Configured;
+        use ferry::forward::schedule::{ClassPolicy, Scheduler};
+        use ferry::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
+        use ferry::forward::window::{Schedule, Windows};
         let store = telemetry_store(&dir);
-        let _running = spawn_forwarder(&store, &dir, kill9_opts(&bootstrap));
-        std::future::pending::<()>().await;
+        // Throttled to 1 MiB/s so the ~9 MB backlog takes seconds and the kill lands mid-drain.
+        let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock::local());
+        let now = clock.now();
+        let policy = Configured::new(
+            clock,
+            Windows::new(Schedule::always()),
+            Scheduler::new(vec![ClassPolicy {
+                name: "telemetry".into(),
+                priority: 0,
+                min_share: 0.0,
+            }])
+            .unwrap(),
+            Throttles::new(
+                Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(1 << 20)), &now),
+                vec![],
+            ),
+        );
+        let dl = DeadLetters::open(&dir).unwrap();
+        let (fwd, _h) =
+            Forwarder::new(store.clone(), dl, kill9_opts(&bootstrap), Box::new(policy)).unwrap();
+        fwd.run(std::future::pending::<()>()).await;
     });
 }
 
@@ -816,6 +840,7 @@ fn kill9_child_process() {
 /// by the un-acknowledged window (in flight + not yet persisted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_drain_loses_nothing() {
+    common::init_tracing();
     let mut broker = Tansu::start();
     broker.create_topic("ferry.telemetry", 2);
     let dir = tempfile::tempdir().unwrap();
@@ -851,14 +876,19 @@ async fn kill9_during_drain_loses_nothing() {
         .spawn()
         .unwrap();
     // Let it drain part of the backlog, then kill it without warning.
-    let seen = consume(
-        &broker.bootstrap(),
-        &[("ferry.telemetry", 2)],
-        Duration::from_secs(60),
-        |r| r.len() >= 3000,
-    )
-    .await;
-    assert!(seen.len() >= 3000, "child did not start draining");
+    let b = broker.bootstrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        consume_until(
+            &b,
+            &[("ferry.telemetry", 2)],
+            Duration::from_secs(60),
+            Duration::ZERO,
+            |r| r.len() >= 2000,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(seen.len() >= 2000, "child did not start draining");
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -877,7 +907,8 @@ async fn kill9_during_drain_loses_nothing() {
         "{:?}",
         h.status()
     );
-    running.stop().await;
+    let report = running.stop().await;
+    eprintln!("after restart: {:?}", report.status);
 
     let want = seq_ids("telemetry", 1..=KILL9_RECORDS);
     let w = want.clone();
@@ -889,8 +920,32 @@ async fn kill9_during_drain_loses_nothing() {
     )
     .await;
     let got_ids = ids(&got);
-    let missing = want.difference(&got_ids).count();
-    assert_eq!(missing, 0, "records lost across kill -9");
+    let mut missing: Vec<u64> = want
+        .difference(&got_ids)
+        .map(|id| id.rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    missing.sort_unstable();
+    if !missing.is_empty() {
+        let mut offs: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for r in &got {
+            offs.entry(r.partition).or_default().push(r.offset);
+        }
+        for (p, o) in &mut offs {
+            o.sort_unstable();
+            let v: Vec<u64> = o.iter().map(|x| *x as u64).collect();
+            eprintln!(
+                "partition {p}: {} records, offset runs {:?}",
+                o.len(),
+                ranges(&v)
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} records lost across kill -9 (acked at kill {acked_at_kill}): ranges {:?}",
+        missing.len(),
+        ranges(&missing)
+    );
     let dups = assert_duplicates_identical(&got);
     assert_per_partition_order(&got);
     eprintln!(
@@ -1027,4 +1082,16 @@ async fn broker_permanent_error_dead_letters_the_record() {
     want.remove("gw1/telemetry/2");
     assert_eq!(ids(&got), want);
     drop(mock);
+}
+
+/// Compresses sorted numbers into (first, last) runs for readable failure messages.
+fn ranges(v: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &x in v {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == x => *last = x,
+            _ => out.push((x, x)),
+        }
+    }
+    out
 }

@@ -165,6 +165,8 @@ pub struct ClassStatus {
     pub resent_records: u64,
     /// Milliseconds until the class retries after a failure (0 = not backing off).
     pub backoff_ms: u64,
+    /// Sequence numbers the reader found missing from the log (dropped by the store).
+    pub skipped_records: u64,
 }
 
 /// A snapshot of the forwarder for `ferry status` and the control API.
@@ -1072,6 +1074,7 @@ impl Forwarder {
             let Some(mut reader) = self.classes[class].reader.take() else {
                 return Err(None);
             };
+            let expected = reader.next_seq();
             let (max_r, max_b) = (self.opts.batch_max_records, self.opts.batch_max_bytes);
             let res = tokio::task::spawn_blocking(move || {
                 let r = reader.read_batch(max_r, max_b);
@@ -1083,6 +1086,17 @@ impl Forwarder {
                 Ok((reader, Ok(batch))) => {
                     c.reader = Some(reader);
                     c.retry_at = None;
+                    // The store's log has no gaps except counted drops (retention, purge,
+                    // corruption); say so when the forwarder runs into one.
+                    let mut next = expected;
+                    for r in &batch {
+                        if r.seq != next {
+                            let skipped = r.seq.saturating_sub(next);
+                            c.status.skipped_records += skipped;
+                            tracing::warn!(class = %c.name, from_seq = next, to_seq = r.seq - 1, skipped, "records missing from the store between reads (dropped by retention, purge or corruption; see the class's drop counters)");
+                        }
+                        next = r.seq + 1;
+                    }
                     c.staged.extend(batch);
                 }
                 Ok((reader, Err(e))) => {
@@ -1094,7 +1108,9 @@ impl Forwarder {
                     return Ok(());
                 }
                 Err(e) => {
-                    // The reader was lost with the task; reopen it at the acked position.
+                    // The reader was lost with the task; reopen it at the acked position and
+                    // let the class rewind once its in-flight records have reported.
+                    c.failed = true;
                     match self.store.reader(class, c.acked.seq + 1) {
                         Ok(r) => c.reader = Some(r),
                         Err(e2) => {
@@ -1186,10 +1202,10 @@ impl Forwarder {
             };
             let Some(producer) = self.producer.as_ref() else {
                 let c = &mut self.classes[class];
-                c.staged.push_front(stored);
                 for (s, _) in iter.rev() {
                     c.staged.push_front(s);
                 }
+                c.staged.push_front(stored);
                 return Err(None);
             };
             match producer.send(class, seq, &rec) {
@@ -1241,10 +1257,11 @@ impl Forwarder {
                     } else {
                         // Not sent: put it back and stop this round.
                         let c = &mut self.classes[class];
-                        c.staged.push_front(stored);
+                        // Back in order: the unsent tail first, then this record before it.
                         for (s, _) in iter.rev() {
                             c.staged.push_front(s);
                         }
+                        c.staged.push_front(stored);
                         if disposition == Disposition::Fatal && self.reset_wanted.is_none() {
                             self.reset_wanted = Some(format!("fatal error on send: {e}"));
                         }

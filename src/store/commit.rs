@@ -164,6 +164,7 @@ pub(crate) struct IoCounters {
     records: AtomicU64,
     logical: AtomicU64,
     frame_bytes: AtomicU64,
+    loops: AtomicU64,
 }
 
 impl IoCounters {
@@ -209,6 +210,7 @@ impl IoCounters {
             records_written: self.records.load(Ordering::Relaxed),
             logical_bytes_written: self.logical.load(Ordering::Relaxed),
             frame_bytes_written: self.frame_bytes.load(Ordering::Relaxed),
+            writer_loops: self.loops.load(Ordering::Relaxed),
         }
     }
 }
@@ -628,6 +630,7 @@ impl Writer {
     fn run(&mut self) {
         let tick = std::time::Duration::from_secs(1);
         loop {
+            self.io.loops.fetch_add(1, Ordering::Relaxed);
             let first = match self.rx.recv_timeout(tick) {
                 Ok(c) => c,
                 Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -227,6 +227,9 @@ pub struct IoStats {
     pub records_written: u64,
     pub logical_bytes_written: u64,
     pub frame_bytes_written: u64,
+    /// Turns of the writer's loop: at least one a second even when idle, so a counter that
+    /// stops moving means a wedged writer (the systemd watchdog watches it).
+    pub writer_loops: u64,
 }
 
 /// Errors from the store. Messages say what failed and where.
