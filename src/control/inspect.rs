@@ -404,12 +404,18 @@ pub fn backlog(
     })
 }
 
-/// Renders a payload for people and JSON alike: JSON and UTF-8 text as they are, anything
-/// else as hex; at most `max` bytes of it.
+/// Renders a payload for people and JSON alike: JSON and UTF-8 text (without control
+/// characters other than line breaks and tabs) as they are, anything else as hex; at most
+/// `max` bytes of it.
 pub fn render_payload(payload: &[u8], max: usize) -> (String, String, bool) {
     let truncated = payload.len() > max;
-    match std::str::from_utf8(payload) {
-        Ok(text) => {
+    // Valid UTF-8 made of control bytes (small binary integers often are) reads better as hex.
+    let text = std::str::from_utf8(payload).ok().filter(|t| {
+        !t.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    });
+    match text {
+        Some(text) => {
             let enc = if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
                 "json"
             } else {
@@ -421,7 +427,7 @@ pub fn render_payload(payload: &[u8], max: usize) -> (String, String, bool) {
             }
             (enc.to_string(), text[..end].to_string(), truncated)
         }
-        Err(_) => {
+        None => {
             let mut hex = String::with_capacity(max.min(payload.len()) * 2);
             for b in &payload[..max.min(payload.len())] {
                 hex.push_str(&format!("{b:02x}"));
@@ -600,6 +606,10 @@ mod tests {
         assert_eq!(
             render_payload("héllo".as_bytes(), 2),
             ("text".into(), "h".into(), true)
+        );
+        assert_eq!(
+            render_payload(&[1, 2], 9),
+            ("hex".into(), "0102".into(), false)
         );
         assert_eq!(
             render_payload(&[0xff, 0x00, 0x10], 2),
