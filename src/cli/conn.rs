@@ -23,11 +23,10 @@ use super::Cli;
 /// How a read-only command finds its data.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
-    /// Control socket of the daemon [default: [control] socket from the config].
+    /// Daemon's control socket [default: [control] socket].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Inspect this data directory read-only instead of asking the daemon [default when the
-    /// daemon is not running: [storage] data_dir from the config].
+    /// Read this data directory (read-only) instead of the daemon.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -35,7 +34,7 @@ pub struct SourceArgs {
 /// How a steering command reaches the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct SocketArgs {
-    /// Control socket of the daemon [default: [control] socket from the config].
+    /// Daemon's control socket [default: [control] socket].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }

@@ -102,7 +102,10 @@ pub enum Command {
     #[command(after_help = steer::PURGE_HELP)]
     Purge(steer::PurgeArgs),
     /// Records Kafka refused for good: list, show, replay, drop.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ferry dead-letter list\n  ferry dead-letter show 17\n  ferry dead-letter replay all"
+    )]
     DeadLetter(deadletter::DeadLetterCommand),
     /// Write the waiting records of a class to a file (for removable media).
     #[command(after_help = transfer::EXPORT_HELP)]

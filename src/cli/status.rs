@@ -16,7 +16,10 @@ Examples:
   ferry status                     link, window, rates and every class's backlog
   ferry status --watch             redraw every second (Ctrl-C to stop)
   ferry status --json | jq '.classes[] | {name, records, oldest_age_secs}'
-  ferry status --data-dir /var/lib/ferry   inspect a stopped daemon's data read-only
+  ferry status --data-dir /var/lib/ferry   read a data directory read-only
+
+Without a running daemon, read-only commands (status, backlog, peek,
+dead-letter list/show, export) read [storage] data_dir without changing it.
 
 Columns: RECORDS and BYTES wait for delivery; OLDEST is the age of the oldest
 waiting record; ACKED is the last sequence Kafka acknowledged; DROPS counts
@@ -29,7 +32,7 @@ pub struct StatusArgs {
     /// Redraw every second until interrupted.
     #[arg(long, short = 'w')]
     pub watch: bool,
-    /// Print JSON (the control API's `status` result; one object per line with --watch).
+    /// Print JSON (one object per line with --watch).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
