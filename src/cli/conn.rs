@@ -77,6 +77,12 @@ impl Offline {
                 data_dir.display()
             );
         }
+        if !data_dir.join("classes").is_dir() {
+            anyhow::bail!(
+                "{} is not a ferry data directory (it has no classes/ directory): pass --data-dir with the daemon's [storage] data_dir",
+                data_dir.display()
+            );
+        }
         let names: Vec<String> = cfg
             .as_ref()
             .map(|c| c.classes.iter().map(|c| c.name.clone()).collect())

@@ -340,6 +340,16 @@ pub fn backlog(
     depth: usize,
     max_prefixes: usize,
 ) -> Result<BacklogReport, InspectError> {
+    backlog_tracking(store, source, depth, max_prefixes, TRACK_PREFIXES)
+}
+
+fn backlog_tracking(
+    store: &Store,
+    source: &str,
+    depth: usize,
+    max_prefixes: usize,
+    track: usize,
+) -> Result<BacklogReport, InspectError> {
     let mut classes = Vec::new();
     for (id, name) in store.class_names().into_iter().enumerate() {
         let from = store.acked(id).seq + 1;
@@ -359,7 +369,7 @@ pub fn backlog(
                 e.records += 1;
                 e.bytes += size;
                 e.oldest_ts_ms = e.oldest_ts_ms.min(ts);
-            } else if table.len() < TRACK_PREFIXES {
+            } else if table.len() < track {
                 table.insert(
                     p.to_string(),
                     PrefixBacklog {
@@ -595,6 +605,45 @@ mod tests {
         assert_eq!(topic_prefix("a/b/c", 9), "a/b/c");
         assert_eq!(topic_prefix("/x", 1), "");
         assert_eq!(topic_prefix("a", 0), "");
+    }
+
+    #[test]
+    fn backlog_memory_is_capped_and_the_rest_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let class = ClassOptions {
+            name: "t".into(),
+            max_bytes: 1 << 30,
+            max_age: None,
+            overflow: Overflow::DropOldest,
+        };
+        let (store, _) = Store::open(StoreOptions::new(tmp.path(), vec![class])).unwrap();
+        let mut tickets = Vec::new();
+        for i in 0..30u64 {
+            let rec = crate::store::Record {
+                timestamp_ms: 1000 + i,
+                topic: format!("dev{i}/x"),
+                // Larger payloads for lower i, so the order by bytes is known.
+                payload: bytes::Bytes::from(vec![b'a'; 100 - i as usize]),
+                ..Default::default()
+            };
+            tickets.push(store.append(0, rec).unwrap());
+        }
+        for t in tickets {
+            t.wait().unwrap();
+        }
+        let r = backlog_tracking(&store, "test", 1, 5, 10).unwrap();
+        let c = &r.classes[0];
+        assert_eq!(c.records, 30);
+        assert!(c.prefixes_capped);
+        assert_eq!(c.distinct_prefixes, 10);
+        let names: Vec<&str> = c.prefixes.iter().map(|p| p.prefix.as_str()).collect();
+        assert_eq!(names, ["dev0", "dev1", "dev2", "dev3", "dev4"]);
+        assert_eq!(c.other_records, 25);
+        assert_eq!(
+            c.prefixes.iter().map(|p| p.bytes).sum::<u64>() + c.other_bytes,
+            c.bytes
+        );
+        store.close().unwrap();
     }
 
     #[test]
