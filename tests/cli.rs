@@ -18,6 +18,8 @@ use ferry::forward::{Forwarder, ForwarderHandle, ForwarderOptions};
 use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn class(name: &str) -> ClassOptions {
@@ -1125,6 +1127,75 @@ fn drain_opens_a_closed_window() {
     let table = ok(&["status", "--socket", &s]);
     println!("{table}");
     assert!(table.contains("window    drain override until"), "{table}");
+    drop(d);
+    drop(broker);
+}
+
+#[test]
+fn imported_records_reach_kafka_with_their_origin_ids() {
+    let Some(broker) = Tansu::start(&["ferry.telemetry"]) else {
+        eprintln!("SKIP: tansu not installed (scripts/install-tansu.sh)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The site that never gets a link: its backlog leaves on a file.
+    let site = tmp.path().join("site");
+    {
+        let (store, _) = Store::open(options(&site)).unwrap();
+        populate(&store);
+        store.close().unwrap();
+    }
+    let file = tmp.path().join("t.fex");
+    let f = file.to_str().unwrap();
+    ok(&[
+        "export",
+        "--class",
+        "telemetry",
+        "--out",
+        f,
+        "--data-dir",
+        site.to_str().unwrap(),
+    ]);
+
+    // The hub imports it twice (an operator retrying): Kafka gets every record twice, each
+    // copy with the same origin id, so a consumer deduplicating on it sees 55 records.
+    let d = Daemon::start(
+        &tmp.path().join("hub"),
+        &tmp.path().join("hub.sock"),
+        Some(broker.port),
+    );
+    let s = d.sock().to_string();
+    ok(&["import", f, "--socket", &s]);
+    ok(&["import", f, "--socket", &s]);
+    wait_for(
+        "the imports to be forwarded",
+        Duration::from_secs(90),
+        || {
+            let st = json(&["status", "--json", "--socket", &s]);
+            class_of(&st, "telemetry")["acked_seq"] == 110 && st["total_records"] == 0
+        },
+    );
+    let bootstrap = format!("127.0.0.1:{}", broker.port);
+    let got = common::tansu::consume_until(
+        &bootstrap,
+        &[("ferry.telemetry", 1)],
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        |r| r.len() >= 110,
+    );
+    assert_eq!(got.len(), 110);
+    let origins: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| r.header("ferry.origin.seq").expect("origin id header"))
+        .collect();
+    let expect: std::collections::BTreeSet<String> =
+        (6..=60).map(|i| format!("gateway/telemetry/{i}")).collect();
+    assert_eq!(origins, expect);
+    // The hub's own ids are new (its class sequence) and distinct per copy.
+    assert_eq!(
+        got[0].header("ferry.seq").as_deref(),
+        Some("site7/telemetry/1")
+    );
     drop(d);
     drop(broker);
 }
