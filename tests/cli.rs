@@ -604,6 +604,14 @@ fn daemon_status_purge_and_socket_permissions() {
     assert!(table.contains("no forwarder running"), "{table}");
     assert_fits_80(&table);
 
+    // Export reads the data directory read-only, also while the daemon runs.
+    let out = tmp.path().join("live.fex");
+    let ex = json(&[
+        "export", "--class", "telemetry", "--out", out.to_str().unwrap(), "--json",
+        "--data-dir", dir.to_str().unwrap(),
+    ]);
+    assert_eq!(ex["records"], 55);
+
     // Without a forwarder, steering says why it cannot.
     let o = ferry(&["pause", "--socket", d.sock()]);
     assert_eq!(o.status.code(), Some(1));
