@@ -149,7 +149,8 @@ impl RateTracker {
             committed: (0..stats.len()).map(|c| store.committed(c)).sum(),
             // The class's logical end (acknowledged end + waiting bytes) grows by exactly the
             // bytes appended; only a purge or a retention drop makes it dip (rate 0 for that
-            // sample). IoStats::logical_bytes_written would be simpler but is not maintained.
+            // sample). It comes from the same snapshot as the per-class figures, so ingest and
+            // drain rates are measured over the same instants.
             written_bytes: stats
                 .iter()
                 .map(|c| c.acked.logical_end + c.logical_bytes)
