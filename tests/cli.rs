@@ -607,8 +607,14 @@ fn daemon_status_purge_and_socket_permissions() {
     // Export reads the data directory read-only, also while the daemon runs.
     let out = tmp.path().join("live.fex");
     let ex = json(&[
-        "export", "--class", "telemetry", "--out", out.to_str().unwrap(), "--json",
-        "--data-dir", dir.to_str().unwrap(),
+        "export",
+        "--class",
+        "telemetry",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--data-dir",
+        dir.to_str().unwrap(),
     ]);
     assert_eq!(ex["records"], 55);
 

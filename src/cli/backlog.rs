@@ -20,10 +20,10 @@ largest --top prefixes by bytes are listed.";
 
 #[derive(Debug, Args)]
 pub struct BacklogArgs {
-    /// Topic levels per prefix (`site/line1/temp` at depth 2 is `site/line1`).
+    /// Topic levels per prefix (2: `site/line1`).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub depth: usize,
-    /// List at most this many prefixes per class (largest first).
+    /// Prefixes listed per class, largest first.
     #[arg(long, default_value_t = inspect::DEFAULT_MAX_PREFIXES, value_name = "N")]
     pub top: usize,
     /// Print JSON (the control API's `backlog` result).

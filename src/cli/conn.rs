@@ -26,7 +26,7 @@ pub struct SourceArgs {
     /// Daemon's control socket [default: [control] socket].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Read this data directory (read-only) instead of the daemon.
+    /// Read this data directory, read-only.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }

@@ -19,7 +19,7 @@ pub enum DeadLetterCommand {
     /// Show one dead letter with its headers and payload.
     #[command(after_help = "Example:\n  ferry dead-letter show 17")]
     Show(ShowArgs),
-    /// Append dead letters to their class again (after fixing the cause), then remove them.
+    /// Send dead letters again (after fixing the cause).
     #[command(
         after_help = "Examples:\n  ferry dead-letter replay 17\n  ferry dead-letter replay all\nReplayed records get new sequence numbers in their class and are sent again."
     )]
@@ -31,7 +31,7 @@ pub enum DeadLetterCommand {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Print JSON: {"entries": [{"id","class","seq","dead_at_ms","reason","mqtt_topic",...}]}.
+    /// Print JSON: {"entries": [{"id", "class", ...}]}.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -30,7 +30,7 @@ pub struct PeekArgs {
     /// How many records (1-1000).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub limit: usize,
-    /// Only records whose MQTT topic matches this filter (`+` and `#` wildcards).
+    /// Only topics matching this MQTT filter.
     #[arg(long, value_name = "FILTER")]
     pub topic: Option<String>,
     /// Show at most this many payload bytes per record.

@@ -28,7 +28,7 @@ Examples:
 
 pub const DRAIN_HELP: &str = "\
 Examples:
-  ferry drain --for 30m            send now for 30 minutes, whatever the windows say
+  ferry drain --for 30m            send now for 30 minutes, windows or not
   ferry drain --cancel             back to the configured windows
 The throttle still applies; `ferry status` shows when the override ends.";
 
@@ -85,7 +85,7 @@ pub struct PurgeArgs {
     /// The class to purge.
     #[arg(long, value_name = "CLASS")]
     pub class: String,
-    /// Remove records received more than this long ago (`7d`, `12h`).
+    /// Remove records older than this (`7d`, `12h`).
     #[arg(long, value_name = "AGE")]
     pub older_than: Option<HumanDuration>,
     /// Remove every waiting record of the class.

@@ -39,13 +39,13 @@ pub struct ExportArgs {
     /// The class to export.
     #[arg(long, value_name = "CLASS")]
     pub class: String,
-    /// The file to write (written as FILE.partial, then renamed).
+    /// The file to write (via FILE.partial).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Data directory [default: [storage] data_dir from the config].
+    /// Data directory [default: [storage] data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Print JSON: {"path","gateway","class","records","file_bytes","first_seq","last_seq"}.
+    /// Print JSON: {"path", "class", "records", ...}.
     #[arg(long)]
     pub json: bool,
 }
@@ -54,10 +54,10 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// The export file.
     pub file: PathBuf,
-    /// Only verify the file (checksums, trailer) and print what it holds.
+    /// Only verify the file and say what it holds.
     #[arg(long)]
     pub check: bool,
-    /// Print JSON: {"gateway","class","records","bytes","first_seq","last_seq"}.
+    /// Print JSON: {"gateway", "class", "records", ...}.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
