@@ -34,10 +34,14 @@
 //!
 //! ## Link state
 //! `connecting` until the first report; `online` after a successful delivery; `offline` when
-//! librdkafka reports all brokers down or a send fails with a transport error; `stalled` when
-//! the watchdog found records in flight and no acknowledgement progress for `stall_timeout`
-//! while not offline — it then recreates the producer (counted in `stalls`). Repeated failures
-//! back off exponentially up to `backoff_max`; warnings are rate-limited.
+//! librdkafka reports all brokers down or a send fails with a transport error or timeout.
+//! The watchdog runs while records await delivery (in flight, or a class backing off after a
+//! failure): no acknowledgement for `stall_timeout` while not offline is a *stall* (counted in
+//! `stalls`, link `stalled`) and recreates the producer; while offline it also recreates the
+//! producer, spaced by a backoff that doubles per reset up to `backoff_max`, because a producer
+//! can stay wedged after a broker restart (measured with tansu: endless timeouts until a fresh
+//! producer id). Failed classes back off exponentially (`backoff_min`..`backoff_max`) before
+//! re-sending; warnings are rate-limited (one per 30 s with a count of the suppressed ones).
 //!
 //! ## Shutdown
 //! Stop taking new work, wait up to `shutdown_flush_timeout` for in-flight reports, persist the
@@ -193,6 +197,8 @@ pub struct ForwarderStatus {
     pub acked_records: u64,
     pub acked_bytes: u64,
     pub dead_lettered: u64,
+    /// Entries waiting in the dead-letter log (all time, not just this run).
+    pub dead_letter_entries: u64,
     pub resent_records: u64,
     pub in_flight_bytes: u64,
     /// Acknowledged records and bytes per second over the last few seconds.
@@ -511,6 +517,7 @@ impl Forwarder {
                 acked_records: 0,
                 acked_bytes: 0,
                 dead_lettered: 0,
+                dead_letter_entries: deadletters.counters().entries,
                 resent_records: 0,
                 in_flight_bytes: 0,
                 drain_records_per_sec: 0.0,
@@ -1025,6 +1032,7 @@ impl Forwarder {
         }
 
         // Send until the in-flight limit, the throttle, or no class has anything ready.
+        let mut dry = vec![false; self.classes.len()];
         loop {
             if self.inflight_bytes >= self.opts.max_in_flight_bytes {
                 break;
@@ -1032,7 +1040,7 @@ impl Forwarder {
             let now = Instant::now();
             let mut candidates = Vec::new();
             for c in &self.classes {
-                if paused[c.id] || c.failed {
+                if paused[c.id] || c.failed || dry[c.id] {
                     continue;
                 }
                 if let Some(t) = c.retry_at {
@@ -1054,7 +1062,10 @@ impl Forwarder {
                 break;
             };
             match self.send_batch(class).await {
-                Ok(()) => {}
+                Ok(true) => {}
+                // Nothing readable after all: leave the class alone until the next wake-up,
+                // so a commit notification that runs ahead of readability cannot spin us.
+                Ok(false) => dry[class] = true,
                 Err(Some(wait)) => {
                     let t = Instant::now() + wait;
                     self.throttle_wait = Some(t);
@@ -1069,7 +1080,7 @@ impl Forwarder {
 
     /// Reads (if needed) and produces one batch of `class`. `Err(Some(wait))`: the throttle
     /// asks to wait; `Err(None)`: stop sending for now (queue full, producer reset).
-    async fn send_batch(&mut self, class: ClassId) -> Result<(), Option<Duration>> {
+    async fn send_batch(&mut self, class: ClassId) -> Result<bool, Option<Duration>> {
         if self.classes[class].staged.is_empty() {
             let Some(mut reader) = self.classes[class].reader.take() else {
                 return Err(None);
@@ -1105,7 +1116,7 @@ impl Forwarder {
                     c.retry_at = Some(Instant::now() + wait);
                     let msg = format!("reading class {} from the store: {e}", c.name);
                     self.note_error(msg);
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
                     // The reader was lost with the task; reopen it at the acked position and
@@ -1120,11 +1131,12 @@ impl Forwarder {
                         }
                     }
                     self.note_error(format!("store read task failed: {e}"));
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             if self.classes[class].staged.is_empty() {
-                return Ok(());
+                // Caught up after all (the commit we saw is not readable yet, or was dropped).
+                return Ok(false);
             }
         }
 
@@ -1292,7 +1304,7 @@ impl Forwarder {
         }
         self.policy.sent(class, sent_bytes);
         self.sent_bytes += sent_bytes;
-        Ok(())
+        Ok(true)
     }
 
     fn publish_status(&mut self) {
@@ -1309,7 +1321,9 @@ impl Forwarder {
             };
         }
         let (rr, br) = (*rr, *br);
+        let dead_letter_entries = self.deadletters.counters().entries;
         let mut st = self.shared.status.lock();
+        st.dead_letter_entries = dead_letter_entries;
         st.link = self.link;
         st.link_since_ms = self.link_since_ms;
         st.last_error = self.last_error.as_ref().map(|(m, _)| m.clone());
