@@ -34,6 +34,9 @@ pub struct BacklogArgs {
 }
 
 pub fn run(cli: &Cli, args: &BacklogArgs) -> anyhow::Result<u8> {
+    if args.depth == 0 {
+        anyhow::bail!("--depth must be at least 1 (the first topic level)");
+    }
     let r: BacklogReport = conn::read_only(
         cli,
         &args.source,
