@@ -208,6 +208,14 @@ async fn stale_sockets_are_replaced_live_ones_are_not() {
         Ok(_) => panic!("bound a socket that is in use"),
     }
     srv.stop().await;
+    // A path that is not a socket is never removed.
+    let file = tmp.path().join("precious.toml");
+    std::fs::write(&file, "keep me").unwrap();
+    assert!(matches!(
+        server::bind(&file),
+        Err(ServeError::NotASocket(_))
+    ));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     // With no daemon, the client says so (and how to start one).
     let c = Client::new(&sock, Duration::from_secs(1));
     let err = c.call_value(Request::Status).unwrap_err();

@@ -15,6 +15,20 @@
 //! after `bind`. A stale socket file left by a crash is removed, but only after checking that
 //! nothing answers on it (two daemons on one socket would be a worse failure).
 //!
+//! ## Wiring it into the daemon
+//! ```ignore
+//! let mut ctx = ControlContext::new(store.clone(), cfg.storage.data_dir.clone());
+//! ctx.forwarder = Some(forwarder_handle.clone());
+//! ctx.dead_letters = Some(Arc::new(dead_letters.clone()));
+//! ctx.reload = Some(Arc::new(move || reloader.reload())); // Ok(summary) / Err(why refused)
+//! // Bind before READY=1, so `ferry status` works as soon as systemd says started.
+//! let listener = control::server::bind(&cfg.control.socket)?;
+//! let socket = cfg.control.socket.clone();
+//! tokio::spawn(async move {
+//!     control::server::serve_listener(listener, &socket, ctx, shutdown_rx).await
+//! });
+//! ```
+//!
 //! ## Shutdown
 //! As in mini-redis, `serve` takes a `shutdown` future: when it completes, accepting stops,
 //! connection tasks are told to stop (they finish the request in hand), and the socket file is
@@ -93,6 +107,8 @@ pub enum ServeError {
     },
     #[error("control socket {0} is in use by a running process (another ferry daemon?); stop it or set [control] socket to another path")]
     InUse(PathBuf),
+    #[error("control socket path {0} exists and is not a socket; remove it or set [control] socket to another path")]
+    NotASocket(PathBuf),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -105,7 +121,12 @@ pub fn bind(socket_path: &Path) -> Result<UnixListener, ServeError> {
     if let Some(dir) = socket_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err("create parent directory", dir))?;
     }
-    if socket_path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(socket_path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            // A misconfigured path must never cost the operator a file.
+            return Err(ServeError::NotASocket(socket_path.to_path_buf()));
+        }
         if std::os::unix::net::UnixStream::connect(socket_path).is_ok() {
             return Err(ServeError::InUse(socket_path.to_path_buf()));
         }
