@@ -118,6 +118,7 @@ async fn json_lines_in_order_with_versioned_errors() {
             br#"{"v":1,"cmd":"explode"}"#.to_vec(),
             b"not json".to_vec(),
             br#"{"v":1,"cmd":"pause"}"#.to_vec(),
+            br#"{"v":1,"cmd":"purge","class":"telemetry"}"#.to_vec(),
             br#"{"v":1,"cmd":"peek","class":"telemetry","from":"newest","limit":1,"topic":"site1/#"}"#.to_vec(),
         ],
     )
@@ -144,7 +145,11 @@ async fn json_lines_in_order_with_versioned_errors() {
         .unwrap()
         .contains("forwarder is not running"));
     assert!(answers[5].get("result").is_none());
-    let peek = &answers[6]["result"]["records"];
+    assert!(answers[6]["error"]
+        .as_str()
+        .unwrap()
+        .contains("exactly one of"));
+    let peek = &answers[7]["result"]["records"];
     assert_eq!(peek.as_array().unwrap().len(), 1);
     assert_eq!(peek[0]["seq"], 4);
     assert_eq!(peek[0]["payload"], "value 3");
@@ -244,6 +249,7 @@ async fn purge_over_the_socket_changes_what_readers_see() {
             .call(Request::Purge {
                 class: "telemetry".into(),
                 older_than_secs: Some(3600),
+                all: false,
             })
             .unwrap();
         let peek: PeekReport = c

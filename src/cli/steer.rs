@@ -197,6 +197,7 @@ pub fn purge(cli: &Cli, a: &PurgeArgs) -> anyhow::Result<u8> {
     let r: PurgeResult = client.call(Request::Purge {
         class: a.class.clone(),
         older_than_secs: a.older_than.map(|d| d.get().as_secs()),
+        all: a.all,
     })?;
     if a.json {
         fmt::print_json(&r)?;

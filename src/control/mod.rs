@@ -34,7 +34,7 @@
 //! | `peek`               | `class`, `from`, `limit`, `topic`?, `max_payload` | [`PeekReport`]  |
 //! | `pause` / `resume`   | `class`? (absent = every class)               | [`SteerResult`]     |
 //! | `drain`              | `for_secs` (0 = end the override)             | [`SteerResult`]     |
-//! | `purge`              | `class`, `older_than_secs`? (absent = all)    | [`PurgeResult`]     |
+//! | `purge`              | `class`, `older_than_secs` or `"all":true`    | [`PurgeResult`]     |
 //! | `dead_letter_list`   |                                               | [`DeadLetterList`]  |
 //! | `dead_letter_show`   | `id`                                          | [`DeadLetterEntry`] |
 //! | `dead_letter_replay` | `id`? (absent = all)                          | [`CountResult`]     |
@@ -125,11 +125,14 @@ pub enum Request {
     Drain {
         for_secs: u64,
     },
+    /// Exactly one of `older_than_secs` and `all: true`: a request that names neither is
+    /// refused, so a client bug can never purge a whole class by omission.
     Purge {
         class: String,
-        /// Absent: purge every waiting record of the class.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         older_than_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
     },
     DeadLetterList,
     DeadLetterShow {
@@ -426,6 +429,7 @@ mod tests {
         let r = Envelope::new(Request::Purge {
             class: "telemetry".into(),
             older_than_secs: Some(604800),
+            all: false,
         });
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(

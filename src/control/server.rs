@@ -472,7 +472,13 @@ async fn handle(
         Request::Purge {
             class,
             older_than_secs,
+            all,
         } => {
+            if all == older_than_secs.is_some() {
+                return Err(
+                    "purge needs exactly one of `older_than_secs` and `\"all\": true`".into(),
+                );
+            }
             let store = ctx.store.clone();
             blocking(move || {
                 let id = inspect::class_id(&store, &class).map_err(msg)?;
