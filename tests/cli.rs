@@ -777,6 +777,41 @@ fn export_then_import_keeps_origin_ids() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a usable ferry export file"));
     let st = json(&["status", "--json", "--socket", d.sock()]);
     assert_eq!(class_of(&st, "telemetry")["records"], 55);
+
+    // While the daemon holds its data directory, a direct import is refused by the lock...
+    let cfg = tmp.path().join("hub.toml");
+    std::fs::write(
+        &cfg,
+        "gateway_id = \"hub\"\n[[class]]\nname = \"telemetry\"\npriority = 10\nmax_bytes = \"1GiB\"\n[storage]\nmin_free = \"0B\"\n[classify]\ndefault_class = \"telemetry\"\n",
+    )
+    .unwrap();
+    let direct = |dir: &Path| {
+        Command::new(BIN)
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "import",
+                f,
+                "--json",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let o = direct(&hub);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("locked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // ...and once it is stopped, it appends directly.
+    drop(d);
+    let o = direct(&hub);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = json(&["status", "--json", "--data-dir", hub.to_str().unwrap()]);
+    assert_eq!(class_of(&st, "telemetry")["records"], 110);
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub const IMPORT_HELP: &str = "\
 Examples:
   ferry import /media/usb/site7-telemetry.fex
   ferry import --check site7-telemetry.fex      verify only, append nothing
+  ferry import t.fex --data-dir /var/lib/ferry  daemon stopped: append directly
 
 The running daemon reads the file (it must be readable by the ferry user),
 checks it completely, then appends the records to the class of the same name.
@@ -60,6 +61,9 @@ pub struct ImportArgs {
     /// Print JSON: {"gateway", "class", "records", ...}.
     #[arg(long)]
     pub json: bool,
+    /// With the daemon stopped: append into this data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub socket: SocketArgs,
 }
@@ -90,6 +94,35 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Appends into a stopped daemon's data directory. The store's lock refuses this while the
+/// daemon runs; the class limits come from the config, so the import obeys them as the
+/// daemon would.
+fn import_offline(
+    cli: &Cli,
+    dir: &std::path::Path,
+    file: &std::path::Path,
+) -> anyhow::Result<ImportReport> {
+    let Some(cfg) = conn::config(cli)? else {
+        anyhow::bail!(
+            "importing into {} needs the daemon's config for its classes and limits: pass --config",
+            dir.display()
+        );
+    };
+    let mut opts = cfg.store_options();
+    opts.data_dir = dir.to_path_buf();
+    let (store, _) = crate::store::Store::open(opts)
+        .with_context(|| format!("opening {} to import into it", dir.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the import runtime")?;
+    let result = rt.block_on(transfer::import(&store, file));
+    store
+        .close()
+        .with_context(|| format!("closing {}", dir.display()))?;
+    Ok(result?)
+}
+
 pub fn import(cli: &Cli, a: &ImportArgs) -> anyhow::Result<u8> {
     let r: ImportReport = if a.check {
         let mut rd = ExportReader::open(&a.file)?;
@@ -108,6 +141,8 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> anyhow::Result<u8> {
             first_seq: first,
             last_seq: last,
         }
+    } else if let Some(dir) = &a.data_dir {
+        import_offline(cli, dir, &a.file)?
     } else {
         // The daemon opens the path itself: make it absolute so its working directory
         // does not matter.
