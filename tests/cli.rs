@@ -1248,3 +1248,91 @@ fn imported_records_reach_kafka_with_their_origin_ids() {
     drop(d);
     drop(broker);
 }
+
+/// Window open for the next hour; a 4 KiB/s token bucket (debt model, 1 KiB runs).
+struct Slow {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Policy for Slow {
+    fn window(&mut self) -> WindowState {
+        WindowState {
+            open: true,
+            next_change: Some(Duration::from_secs(3600)),
+        }
+    }
+    fn pick(&mut self, candidates: &[Candidate]) -> Option<usize> {
+        candidates.iter().map(|c| c.class).min()
+    }
+    fn take(&mut self, _class: usize, bytes: u64) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * 4096.0).min(1024.0);
+        self.last = now;
+        if self.tokens < 0.0 {
+            return Err(Duration::from_secs_f64(-self.tokens / 4096.0));
+        }
+        self.tokens -= bytes as f64;
+        Ok(())
+    }
+    fn sent(&mut self, _class: usize, _bytes: u64) {}
+    fn rate_limit(&self) -> Option<u64> {
+        Some(4096)
+    }
+    fn max_run_bytes(&self, _class: usize) -> Option<u64> {
+        Some(1024)
+    }
+}
+
+#[test]
+fn eta_follows_the_measured_drain_rate() {
+    let Some(broker) = Tansu::start(&["ferry.telemetry", "ferry.alarms"]) else {
+        eprintln!("SKIP: tansu not installed (scripts/install-tansu.sh)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(
+        &tmp.path().join("data"),
+        &tmp.path().join("ferry.sock"),
+        Some(broker.port),
+        Box::new(Slow {
+            tokens: 0.0,
+            last: Instant::now(),
+        }),
+    );
+    let s = d.sock().to_string();
+    // ~60 KiB of logical bytes: about 15 s at 4 KiB/s.
+    let t = d.store.class_id("telemetry").unwrap();
+    let tickets: Vec<_> = (0..600)
+        .map(|_| {
+            let r = rec("site1/line1/temp", now_ms(), &[b'x'; 80]);
+            d.store.append(t, r).unwrap()
+        })
+        .collect();
+    for tk in tickets {
+        tk.wait().unwrap();
+    }
+    // After a few seconds of draining, the ETA is the backlog over the measured rate.
+    std::thread::sleep(Duration::from_secs(5));
+    let st = json(&["status", "--json", "--socket", &s]);
+    let c = class_of(&st, "telemetry");
+    let rate = c["drain_bytes_per_sec"].as_f64().unwrap();
+    let bytes = c["bytes"].as_u64().unwrap();
+    assert!(bytes > 0, "drained too fast to measure: {c}");
+    assert!(
+        (1000.0..20000.0).contains(&rate),
+        "drain rate {rate} B/s for a 4 KiB/s throttle"
+    );
+    let eta = c["eta_secs"].as_u64().unwrap();
+    let expect = (bytes as f64 / rate).ceil() as u64;
+    assert_eq!(eta, expect);
+    assert_eq!(c["fits_window"], true, "{c}");
+    let table = ok(&["status", "--socket", &s]);
+    println!("{table}");
+    let row = table.lines().find(|l| l.starts_with("telemetry")).unwrap();
+    assert!(row.ends_with("yes"), "{row}");
+    assert!(table.contains("throttle  4.0 KiB/s"), "{table}");
+    drop(d);
+    drop(broker);
+}
