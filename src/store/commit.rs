@@ -75,6 +75,8 @@ enum Cmd {
     Close {
         done: mpsc::Sender<Result<()>>,
     },
+    /// Fault injection: the writer blocks for this long (a stand-in for a hung disk).
+    Stall(std::time::Duration),
 }
 
 /// Per-class state shared by the writer, readers and ackers.
@@ -558,6 +560,10 @@ impl Shared {
         })
     }
 
+    pub fn stall_writer(&self, d: std::time::Duration) -> Result<()> {
+        self.send(Cmd::Stall(d))
+    }
+
     pub fn close(&self) -> Result<()> {
         let res = if self.tx.lock().is_some() {
             self.request(|done| Cmd::Close { done })
@@ -720,6 +726,11 @@ impl Writer {
             }
             Cmd::Retention { now_ms, done } => {
                 let _ = done.send(self.retention(now_ms));
+                false
+            }
+            Cmd::Stall(d) => {
+                tracing::warn!(?d, "store writer stalled on purpose (fault injection)");
+                std::thread::sleep(d);
                 false
             }
             Cmd::Close { done } => {

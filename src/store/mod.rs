@@ -365,6 +365,13 @@ impl Store {
         self.inner.purge(class, older_than_ms)
     }
 
+    /// Fault injection for tests: the writer thread blocks for `d`, like a hung disk (appends
+    /// queue up, tickets wait, the watchdog sees no progress). Not used by ferry itself.
+    #[doc(hidden)]
+    pub fn stall_writer(&self, d: std::time::Duration) -> Result<()> {
+        self.inner.stall_writer(d)
+    }
+
     /// Commits what is pending, stops the writer, and releases the data directory.
     pub fn close(&self) -> Result<()> {
         self.inner.close()
