@@ -79,7 +79,8 @@ if [ "${FERRY_SMOKE_SKIP_CLI:-0}" != 1 ]; then
     # systemd would create RuntimeDirectory=ferry and run as User=ferry.
     install -d -o ferry -g ferry -m 0750 /run/ferry
     exec_start="$(sed -n 's/^ExecStart=//p' "$(unit_path)")"
-    runuser -u ferry -- $exec_start >/tmp/deb-smoke-daemon.log 2>&1 &
+    # setpriv execs in place (runuser would stay the parent and SIGKILL ferry on SIGTERM).
+    setpriv --reuid=ferry --regid=ferry --init-groups -- $exec_start >/tmp/deb-smoke-daemon.log 2>&1 &
     daemon_pid=$!
     up=0
     for _ in $(seq 1 100); do
@@ -87,7 +88,7 @@ if [ "${FERRY_SMOKE_SKIP_CLI:-0}" != 1 ]; then
         sleep 0.1
     done
     check "the daemon listens on 1883 as the ferry user" test "$up" = 1
-    check "the daemon runs as user ferry" sh -c "[ \"\$(ps -o user= -p $(pgrep -f 'ferry run' | head -n1))\" = ferry ]"
+    check "the daemon runs as user ferry" sh -c "[ \"\$(ps -o user= -p $daemon_pid)\" = ferry ]"
     check "mosquitto_pub QoS 1 gets its PUBACK (stored durably)" \
         mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -i smoke-device -t site/line1/temp -m '{"t":21.5,"smoke":true}'
     # Kafka is not reachable here, so the message waits in the store: the metrics show it.

@@ -211,6 +211,28 @@ fn mqtt_to_kafka_through_the_daemon() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // The operator CLI talks to this daemon over its control socket.
+    let ferry = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ferry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status: serde_json::Value = serde_json::from_str(&ferry(&["status", "--json"])).unwrap();
+    let text = status.to_string();
+    assert!(text.contains("online"), "link online in {text}");
+    ferry(&["pause"]);
+    ferry(&["resume"]);
+    assert!(ferry(&["reload"]).contains("reloaded"));
+
     let st = sigterm(&mut d);
     assert!(st.success(), "exit status {st:?}");
     let mut log = String::new();
