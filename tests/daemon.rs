@@ -211,6 +211,32 @@ fn mqtt_to_kafka_through_the_daemon() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // Counters match the known run: n per class in, n per class out, link up.
+    let m = scrape(d.metrics);
+    for class in ["critical", "telemetry", "bulk"] {
+        let l = format!("{{class=\"{class}\"}}");
+        assert_eq!(
+            metric(&m, &format!("ferry_ingest_messages_total{l}")),
+            n as f64,
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, &format!("ferry_forwarded_records_total{l}")),
+            n as f64,
+            "{m}"
+        );
+        assert_eq!(metric(&m, &format!("ferry_backlog_records{l}")), 0.0);
+        assert_eq!(
+            metric(
+                &m,
+                &format!("ferry_dropped_records_total{{class=\"{class}\",reason=\"max_bytes\"}}")
+            ),
+            0.0
+        );
+    }
+    assert_eq!(metric(&m, "ferry_link_up"), 1.0);
+    assert!(metric(&m, "ferry_store_fsyncs_total") >= 1.0);
+
     // The operator CLI talks to this daemon over its control socket.
     let ferry = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -11,6 +11,7 @@
 //! Like `cli`, this is the binary's edge: errors end as text for a person (or systemd), so it
 //! uses `anyhow` and leaves typed errors to the components.
 
+pub mod metrics;
 pub mod wiring;
 
 use std::path::{Path, PathBuf};
@@ -92,8 +93,8 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         "message store recovered"
     );
 
-    let metrics = crate::telemetry::metrics::global().clone();
-    metrics.watch_store(store.clone());
+    let telemetry_metrics = crate::telemetry::metrics::global().clone();
+    telemetry_metrics.watch_store(store.clone());
     let metrics_server = if cfg.metrics.enabled {
         let addr = wiring_addr(&cfg.metrics.listen)?;
         Some(crate::telemetry::http::MetricsServer::bind(addr).await?)
@@ -123,6 +124,13 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         Box::new(policy),
     )
     .context("setting up the Kafka forwarder")?;
+
+    metrics::export(
+        &telemetry_metrics,
+        ingest_handle.metrics(),
+        fwd_handle.clone(),
+        store.clone(),
+    );
 
     // Control socket: bound before READY so `ferry status` works as soon as systemd says so.
     let reloader = Arc::new(Reloader {
@@ -166,7 +174,7 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     }
     if let Some(ms) = metrics_server {
         let stop = aux_stop.clone();
-        let m = metrics.clone();
+        let m = telemetry_metrics.clone();
         tokio::spawn(async move { ms.serve(m, stop.wait()).await });
     }
     if let Some(wd) = Watchdog::from_env() {

@@ -91,6 +91,8 @@ pub(crate) struct ClassShared {
     pub disk_bytes: AtomicU64,
     pub refused_full: AtomicU64,
     pub refused_headroom: AtomicU64,
+    pub appended_records: AtomicU64,
+    pub appended_bytes: AtomicU64,
     /// Frames a reader found damaged at run time (persisted counts come from recovery).
     pub corrupt_skipped: AtomicU64,
     pub read_only: bool,
@@ -313,6 +315,8 @@ impl Shared {
                 disk_bytes: AtomicU64::new(disk),
                 refused_full: AtomicU64::new(0),
                 refused_headroom: AtomicU64::new(0),
+                appended_records: AtomicU64::new(0),
+                appended_bytes: AtomicU64::new(0),
                 corrupt_skipped: AtomicU64::new(0),
                 read_only: opts.read_only,
             }));
@@ -521,6 +525,8 @@ impl Shared {
                             newest_ts_ms: newest_ts,
                             acked,
                             dropped,
+                            appended_records: c.appended_records.load(Ordering::Relaxed),
+                            appended_bytes: c.appended_bytes.load(Ordering::Relaxed),
                             refused_full: c.refused_full.load(Ordering::Relaxed),
                             refused_headroom: c.refused_headroom.load(Ordering::Relaxed),
                         },
@@ -883,6 +889,10 @@ impl Writer {
                 self.io
                     .records
                     .fetch_add(f.header.count as u64, Ordering::Relaxed);
+                c.appended_records
+                    .fetch_add(f.header.count as u64, Ordering::Relaxed);
+                c.appended_bytes
+                    .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
                 self.io
                     .logical
                     .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);

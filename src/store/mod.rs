@@ -199,6 +199,9 @@ pub struct ClassStats {
     pub newest_ts_ms: Option<u64>,
     pub acked: Position,
     pub dropped: DropCounts,
+    /// Records and logical bytes committed since the store was opened.
+    pub appended_records: u64,
+    pub appended_bytes: u64,
     /// Appends refused since the store was opened (class full, disk headroom).
     pub refused_full: u64,
     pub refused_headroom: u64,
