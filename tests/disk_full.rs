@@ -137,13 +137,22 @@ fn write_config(dir: &Path, data: &Path, bootstrap: &str, mqtt: u16, metrics: u1
             format!("min_free = \"{}MiB\"", MIN_FREE >> 20),
         ),
         // Uncompressed, so the payload bytes are the disk bytes.
-        ("compression_level = 3".into(), "compression_level = 0".into()),
+        (
+            "compression_level = 3".into(),
+            "compression_level = 0".into(),
+        ),
         // Reconnect to the broker quickly once it is back.
-        ("backoff_max = \"60s\"".into(), "backoff_max = \"1s\"".into()),
+        (
+            "backoff_max = \"60s\"".into(),
+            "backoff_max = \"1s\"".into(),
+        ),
     ];
     let mut text = text;
     for (from, to) in replacements {
-        assert!(text.contains(&from), "config/ferry.toml no longer has {from}");
+        assert!(
+            text.contains(&from),
+            "config/ferry.toml no longer has {from}"
+        );
         text = text.replace(&from, &to);
     }
     let path = dir.join("ferry.toml");
@@ -193,7 +202,9 @@ async fn publish_until_refused(
                 pending.insert(pkid, queued.remove(0));
             }
             Event::Incoming(Packet::PubAck(a)) => {
-                let p = pending.remove(&a.pkid).expect("PUBACK for a known packet id");
+                let p = pending
+                    .remove(&a.pkid)
+                    .expect("PUBACK for a known packet id");
                 match a.reason {
                     PubAckReason::Success => acked.push(p),
                     PubAckReason::QuotaExceeded => refused += 1,
@@ -421,7 +432,10 @@ async fn disk_full_refuses_then_drains_and_resumes() {
 
     // Once drained, ingest is open again for good, not for one lucky message.
     let (more, refused_after) = publish_until_refused(&client, &mut el, next, 200, 1).await;
-    assert_eq!(refused_after, 0, "refused again after the drain freed the space");
+    assert_eq!(
+        refused_after, 0,
+        "refused again after the drain freed the space"
+    );
     acked.extend(more);
     eprintln!(
         "broker back: first PUBACK after {:.1} s (fs free {} KiB then); space back after {:.1} \
@@ -451,10 +465,7 @@ async fn disk_full_refuses_then_drains_and_resumes() {
     .await
     .unwrap();
     let seen: HashSet<Vec<u8>> = got.iter().map(|c| c.payload.clone()).collect();
-    let missing = want
-        .iter()
-        .filter(|p| !seen.contains(p.as_bytes()))
-        .count();
+    let missing = want.iter().filter(|p| !seen.contains(p.as_bytes())).count();
     let dups = got.len() - seen.len();
     let _ = client.disconnect().await;
 
@@ -472,7 +483,10 @@ async fn disk_full_refuses_then_drains_and_resumes() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(missing, 0, "{missing} acknowledged messages never reached Kafka");
+    assert_eq!(
+        missing, 0,
+        "{missing} acknowledged messages never reached Kafka"
+    );
     assert!(!log_text.contains("panicked"), "{log_text}");
     assert!(status.success(), "exit status {status:?}\n{log_text}");
     eprintln!(

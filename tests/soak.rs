@@ -79,18 +79,24 @@ fn write_config(dir: &Path, bootstrap: &str, mqtt: u16, metrics: u16) -> PathBuf
             "segment_size = \"64MiB\"".into(),
             "segment_size = \"64KiB\"".into(),
         ),
-        ("compression_level = 3".into(), "compression_level = 0".into()),
-        // Throttled so a backlog builds and is drained across restarts.
         (
-            "rate = \"unlimited\"".into(),
-            "rate = \"256KiB/s\"".into(),
+            "compression_level = 3".into(),
+            "compression_level = 0".into(),
         ),
+        // Throttled so a backlog builds and is drained across restarts.
+        ("rate = \"unlimited\"".into(), "rate = \"256KiB/s\"".into()),
         // Reconnect to the broker quickly after each restart.
-        ("backoff_max = \"60s\"".into(), "backoff_max = \"2s\"".into()),
+        (
+            "backoff_max = \"60s\"".into(),
+            "backoff_max = \"2s\"".into(),
+        ),
     ];
     let mut text = text;
     for (from, to) in replacements {
-        assert!(text.contains(&from), "config/ferry.toml no longer has {from}");
+        assert!(
+            text.contains(&from),
+            "config/ferry.toml no longer has {from}"
+        );
         text = text.replace(&from, &to);
     }
     let path = dir.join("ferry.toml");
@@ -178,11 +184,7 @@ async fn publisher(
             let mut n = 0;
             while total.is_none_or(|t| n < t) {
                 let (t, p) = message_at(n);
-                if client
-                    .publish(t, QoS::AtLeastOnce, false, p)
-                    .await
-                    .is_err()
-                {
+                if client.publish(t, QoS::AtLeastOnce, false, p).await.is_err() {
                     return;
                 }
                 n += 1;
@@ -276,7 +278,9 @@ async fn crash_loop_delivers_every_acknowledged_message() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    eprintln!("soak: {cycles} cycles, seed {seed} (FERRY_SOAK_SEED={seed} repeats the kill points)");
+    eprintln!(
+        "soak: {cycles} cycles, seed {seed} (FERRY_SOAK_SEED={seed} repeats the kill points)"
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let started = Instant::now();
 
