@@ -220,6 +220,11 @@ async fn publisher(
     (acked, by_pkid.into_values().collect())
 }
 
+/// (MQTT topic, payload) of one message.
+type Message = (String, String);
+/// What one publisher connection returns: (acknowledged, sent but not acknowledged).
+type Outcome = (Vec<Message>, Vec<Message>);
+
 struct Devices {
     /// Per publisher: what it sent and never got a PUBACK for.
     unacked: Vec<Vec<(String, String)>>,
@@ -233,7 +238,7 @@ impl Devices {
         port: u16,
         cycle: usize,
         limit: Option<usize>,
-    ) -> Vec<tokio::task::JoinHandle<(Vec<(String, String)>, Vec<(String, String)>)>> {
+    ) -> Vec<tokio::task::JoinHandle<Outcome>> {
         (0..PUBLISHERS)
             .map(|p| {
                 let resend = std::mem::take(&mut self.unacked[p]);
@@ -243,10 +248,7 @@ impl Devices {
     }
 
     /// Collects the publishers' results; returns how many PUBACKs arrived.
-    async fn collect(
-        &mut self,
-        pubs: Vec<tokio::task::JoinHandle<(Vec<(String, String)>, Vec<(String, String)>)>>,
-    ) -> usize {
+    async fn collect(&mut self, pubs: Vec<tokio::task::JoinHandle<Outcome>>) -> usize {
         let mut n = 0;
         for (i, p) in pubs.into_iter().enumerate() {
             let (acked, not_acked) = tokio::time::timeout(Duration::from_secs(60), p)
