@@ -278,8 +278,9 @@ async fn disk_full_refuses_then_drains_and_resumes() {
 
     // No broker runs while devices publish. ferry is pointed at a proxy (refusing for now)
     // rather than straight at the broker's port: when the broker starts, the test creates the
-    // topics before opening the proxy, otherwise ferry's producer auto-creates them first
-    // through a metadata request and the harness's `topic create` fails.
+    // topics before opening the proxy. Restarting tansu on ferry's bootstrap port instead
+    // raced with ferry's reconnecting producer: the topics already existed when the harness
+    // re-created them ("Topic with this name already exists") and the test failed.
     let proxy = Proxy::start(free_port());
     proxy.set_mode(ProxyMode::Refuse);
 
