@@ -49,9 +49,18 @@ for t in $targets; do
     fi
     echo "== $t: fuzzing for ${secs}s"
     # -timeout: one input taking 30 s is a hang (the mqtt target bounds each exchange at 2 s).
-    cargo fuzz run --sanitizer "$sanitizer" "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb="$rss_mb" -timeout=30 -max_len=65536 \
-        -print_final_stats=1 "${keep_going[@]}" || found=1
+    args=(-max_total_time="$secs" -rss_limit_mb="$rss_mb" -timeout=30 -max_len=65536
+        -print_final_stats=1 -artifact_prefix="artifacts/$t/")
+    if [ ${#keep_going[@]} -gt 0 ]; then
+        # Straight to the built binary: on failure `cargo fuzz run` re-runs every artifact
+        # through `cargo run` to print it, minutes for a survey that found hundreds.
+        host="$(rustc -vV | sed -n 's/^host: //p')"
+        "${CARGO_TARGET_DIR:-target}/$host/release/$t" "${args[@]}" "${keep_going[@]}" \
+            "corpus/$t" "seeds/$t" || found=1
+    else
+        cargo fuzz run --sanitizer "$sanitizer" "$t" "corpus/$t" "seeds/$t" -- "${args[@]}" \
+            || found=1
+    fi
     if compgen -G "artifacts/$t/*" >/dev/null; then
         echo "== $t: findings in fuzz/artifacts/$t:" && ls "artifacts/$t"
         found=1
