@@ -7,7 +7,11 @@
 //!   probe live (default: the temp dir; it must be on the disk under test, not tmpfs);
 //! - `FERRY_BENCH_SECS`: measured seconds per row (default 6, after 1 s of warm-up);
 //! - `FERRY_BENCH_CONNS`: publishing connections per row, comma-separated (default `1,4,16`);
-//! - `FERRY_BENCH_MOSQUITTO`: the mosquitto binary (default `/usr/sbin/mosquitto`).
+//! - `FERRY_BENCH_MOSQUITTO`: the mosquitto binary (default `/usr/sbin/mosquitto`);
+//! - `FERRY_BENCH_VARIANT`: adds a row "ferry (variant)": the shipped config plus these
+//!   `dotted.key=TOML value` overrides, `;`-separated, e.g. `storage.compression_level=0`;
+//! - `FERRY_BENCH_ONLY`: only the rows whose broker name contains one of these
+//!   (comma-separated), for quick experiments.
 //!
 //! # The brokers
 //! - **ferry**: in-process, built exactly as `ferry run` builds it — the shipped
@@ -830,6 +834,12 @@ fn main() -> Result<()> {
     if ferry_var.is_some() {
         brokers.push("ferry (variant)");
     }
+    // FERRY_BENCH_ONLY=ferry,variant: only rows whose broker name contains one of these
+    // (for quick experiments; the published table uses every row).
+    if let Ok(only) = std::env::var("FERRY_BENCH_ONLY") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        brokers.retain(|b| only.iter().any(|o| b.contains(o)));
+    }
 
     struct Row {
         broker: &'static str,
@@ -838,9 +848,14 @@ fn main() -> Result<()> {
         note: String,
     }
     let mut rows: Vec<Row> = Vec::new();
-    for &n in &conns {
-        // Interleaved per connection count, so drift on the shared machine hits all alike.
-        for &broker in &brokers {
+    for (i, &n) in conns.iter().enumerate() {
+        // Interleaved per connection count, so drift on the shared machine hits all alike,
+        // and the order reversed every other count, so no broker always goes first.
+        let mut order = brokers.clone();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for &broker in &order {
             let (addr, pid, store) = match broker {
                 "null acker" => (null, None, None),
                 "rumqttd" => (rumqttd, None, None),
@@ -883,6 +898,7 @@ fn main() -> Result<()> {
     let load_end = loadavg();
     let sync_p99 = sync_a1.p99_ms.max(sync_a2.p99_ms);
 
+    rows.sort_by_key(|r| (r.conns, brokers.iter().position(|b| *b == r.broker)));
     let mut out = std::io::stdout().lock();
     writeln!(out)?;
     writeln!(out, "| connections | broker | acked msg/s | PUBACK p50 ms | PUBACK p99 ms | CPU (cores) over the window |")?;
