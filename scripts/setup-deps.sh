@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pkg in build-essential pkg-config libssl-dev zlib1g-dev python3 python3-pip systemd \
-           mosquitto-clients lintian tmux; do
+           mosquitto-clients lintian tmux curl procps; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

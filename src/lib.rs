@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod forward;
 pub mod ingest;
 pub mod runtime;

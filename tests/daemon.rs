@@ -211,6 +211,54 @@ fn mqtt_to_kafka_through_the_daemon() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // Counters match the known run: n per class in, n per class out, link up.
+    let m = scrape(d.metrics);
+    for class in ["critical", "telemetry", "bulk"] {
+        let l = format!("{{class=\"{class}\"}}");
+        assert_eq!(
+            metric(&m, &format!("ferry_ingest_messages_total{l}")),
+            n as f64,
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, &format!("ferry_forwarded_records_total{l}")),
+            n as f64,
+            "{m}"
+        );
+        assert_eq!(metric(&m, &format!("ferry_backlog_records{l}")), 0.0);
+        assert_eq!(
+            metric(
+                &m,
+                &format!("ferry_dropped_records_total{{class=\"{class}\",reason=\"max_bytes\"}}")
+            ),
+            0.0
+        );
+    }
+    assert_eq!(metric(&m, "ferry_link_up"), 1.0);
+    assert!(metric(&m, "ferry_store_fsyncs_total") >= 1.0);
+
+    // The operator CLI talks to this daemon over its control socket.
+    let ferry = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ferry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status: serde_json::Value = serde_json::from_str(&ferry(&["status", "--json"])).unwrap();
+    let text = status.to_string();
+    assert!(text.contains("online"), "link online in {text}");
+    ferry(&["pause"]);
+    ferry(&["resume"]);
+    assert!(ferry(&["reload"]).contains("reloaded"));
+
     let st = sigterm(&mut d);
     assert!(st.success(), "exit status {st:?}");
     let mut log = String::new();
@@ -236,4 +284,110 @@ fn broken_config_exits_78_naming_the_key() {
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("segment_size") && err.contains(":2:"), "{err}");
+}
+
+/// systemd readiness: READY=1 comes only after store recovery finished and the listener is
+/// bound. The data directory holds a torn segment tail, so recovery has real work to do; the
+/// test plays systemd's NOTIFY_SOCKET and checks the order of what ferry says and that the
+/// MQTT port accepts connections the moment READY arrives. Then SIGTERM gives STOPPING=1.
+#[test]
+fn ready_only_after_recovery_and_listeners() {
+    use ferry::store::{ClassOptions, Overflow, Record, Store, StoreOptions};
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, metrics) = (free_port(), free_port());
+    // Kafka is not needed: the forwarder goes offline and buffers.
+    let config = write_config(
+        dir.path(),
+        &format!("127.0.0.1:{}", free_port()),
+        mqtt,
+        metrics,
+    );
+    // Leave a torn tail behind in the telemetry class.
+    let classes = ["critical", "telemetry", "bulk"]
+        .iter()
+        .map(|n| ClassOptions {
+            name: n.to_string(),
+            max_bytes: 1 << 30,
+            max_age: None,
+            overflow: Overflow::Reject,
+        })
+        .collect();
+    let (store, _) = Store::open(StoreOptions::new(dir.path().join("data"), classes)).unwrap();
+    for i in 0..100u64 {
+        let rec = Record {
+            topic: "a/b".into(),
+            payload: format!("{i}").into(),
+            timestamp_ms: i,
+            ..Default::default()
+        };
+        store.append(1, rec).unwrap().wait().unwrap();
+    }
+    store.close().unwrap();
+    drop(store);
+    let seg = dir
+        .path()
+        .join("data/classes/telemetry/00000000000000000001.seg");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock.recv(&mut buf).expect("ferry said READY=1 within 20 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        let ready = msg.lines().any(|l| l == "READY=1");
+        said.push(msg);
+        if ready {
+            // At READY the listener is already bound.
+            assert!(std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_ok());
+            break;
+        }
+    }
+    assert!(said[0].contains("STATUS=recovering"), "{said:?}");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "STOPPING=1")
+        {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    // The torn tail was found and cut before READY.
+    let cut = log
+        .find("torn tail")
+        .expect("recovery reported the torn tail");
+    let running = log.find("ferry is running").unwrap();
+    assert!(cut < running, "{log}");
 }

@@ -64,6 +64,10 @@ fn tansu_harness_round_trip() {
         |_| false,
     );
     assert!(got.is_empty());
+
+    broker.restart_on_new_port();
+    assert_ne!(broker.port(), port);
+    broker.create_topic("moved", 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -568,6 +572,7 @@ async fn record_too_large_goes_to_dead_letter_and_queue_drains() {
     let st = h.status();
     assert_eq!(st.dead_lettered, 1, "{st:?}");
     assert_eq!(st.classes[0].dead_lettered, 1);
+    assert_eq!(st.dead_letter_entries, 1);
 
     let b = bootstrap.clone();
     let got = consume(
@@ -806,9 +811,33 @@ fn kill9_child_process() {
         .unwrap();
     rt.block_on(async move {
         let dir = std::path::PathBuf::from(dir);
+        use ferry::forward::clock::{Clock, SystemClock};
+        use ferry::forward::policy::Configured;
+        use ferry::forward::schedule::{ClassPolicy, Scheduler};
+        use ferry::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
+        use ferry::forward::window::{Schedule, Windows};
         let store = telemetry_store(&dir);
-        let _running = spawn_forwarder(&store, &dir, kill9_opts(&bootstrap));
-        std::future::pending::<()>().await;
+        // Throttled to 1 MiB/s so the ~9 MB backlog takes seconds and the kill lands mid-drain.
+        let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock::local());
+        let now = clock.now();
+        let policy = Configured::new(
+            clock,
+            Windows::new(Schedule::always()),
+            Scheduler::new(vec![ClassPolicy {
+                name: "telemetry".into(),
+                priority: 0,
+                min_share: 0.0,
+            }])
+            .unwrap(),
+            Throttles::new(
+                Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(1 << 20)), &now),
+                vec![],
+            ),
+        );
+        let dl = DeadLetters::open(&dir).unwrap();
+        let (fwd, _h) =
+            Forwarder::new(store.clone(), dl, kill9_opts(&bootstrap), Box::new(policy)).unwrap();
+        fwd.run(std::future::pending::<()>()).await;
     });
 }
 
@@ -816,6 +845,7 @@ fn kill9_child_process() {
 /// by the un-acknowledged window (in flight + not yet persisted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_drain_loses_nothing() {
+    common::init_tracing();
     let mut broker = Tansu::start();
     broker.create_topic("ferry.telemetry", 2);
     let dir = tempfile::tempdir().unwrap();
@@ -851,14 +881,19 @@ async fn kill9_during_drain_loses_nothing() {
         .spawn()
         .unwrap();
     // Let it drain part of the backlog, then kill it without warning.
-    let seen = consume(
-        &broker.bootstrap(),
-        &[("ferry.telemetry", 2)],
-        Duration::from_secs(60),
-        |r| r.len() >= 3000,
-    )
-    .await;
-    assert!(seen.len() >= 3000, "child did not start draining");
+    let b = broker.bootstrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        consume_until(
+            &b,
+            &[("ferry.telemetry", 2)],
+            Duration::from_secs(60),
+            Duration::ZERO,
+            |r| r.len() >= 2000,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(seen.len() >= 2000, "child did not start draining");
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -877,7 +912,8 @@ async fn kill9_during_drain_loses_nothing() {
         "{:?}",
         h.status()
     );
-    running.stop().await;
+    let report = running.stop().await;
+    eprintln!("after restart: {:?}", report.status);
 
     let want = seq_ids("telemetry", 1..=KILL9_RECORDS);
     let w = want.clone();
@@ -889,8 +925,32 @@ async fn kill9_during_drain_loses_nothing() {
     )
     .await;
     let got_ids = ids(&got);
-    let missing = want.difference(&got_ids).count();
-    assert_eq!(missing, 0, "records lost across kill -9");
+    let mut missing: Vec<u64> = want
+        .difference(&got_ids)
+        .map(|id| id.rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    missing.sort_unstable();
+    if !missing.is_empty() {
+        let mut offs: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for r in &got {
+            offs.entry(r.partition).or_default().push(r.offset);
+        }
+        for (p, o) in &mut offs {
+            o.sort_unstable();
+            let v: Vec<u64> = o.iter().map(|x| *x as u64).collect();
+            eprintln!(
+                "partition {p}: {} records, offset runs {:?}",
+                o.len(),
+                ranges(&v)
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} records lost across kill -9 (acked at kill {acked_at_kill}): ranges {:?}",
+        missing.len(),
+        ranges(&missing)
+    );
     let dups = assert_duplicates_identical(&got);
     assert_per_partition_order(&got);
     eprintln!(
@@ -975,7 +1035,10 @@ async fn throttle_limits_the_drain_rate() {
 }
 
 /// A permanent error from the broker (topic authorization failed on a produce request) moves
-/// the affected record to the dead-letter log; later records are delivered.
+/// the affected records to the dead-letter log instead of blocking the class; nothing is lost:
+/// every record is either delivered or dead-lettered. (librdkafka remembers a topic's
+/// authorization error until its next metadata refresh, so records produced right after the
+/// failure can be refused too: that is why the test accepts more than one dead letter.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_permanent_error_dead_letters_the_record() {
     let mock = MockCluster::new(1).unwrap();
@@ -994,7 +1057,7 @@ async fn broker_permanent_error_dead_letters_the_record() {
     );
     append(&store, 0, record("a", "c", 2, "denied")).await;
     assert!(
-        eventually(Duration::from_secs(20), || h.status().dead_lettered == 1).await,
+        eventually(Duration::from_secs(20), || h.status().dead_lettered >= 1).await,
         "{:?}",
         h.status()
     );
@@ -1003,28 +1066,144 @@ async fn broker_permanent_error_dead_letters_the_record() {
     }
     assert!(
         eventually(Duration::from_secs(30), || store.acked(0).seq == 10).await,
-        "{:?}",
+        "the class must keep draining: {:?}",
         h.status()
     );
     running.stop().await;
     let dl = DeadLetters::open(dir.path()).unwrap();
     let list = dl.list();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].seq, 2);
+    assert_eq!(list[0].seq, 2, "{list:?}");
     assert!(
-        list[0].reason.contains("TopicAuthorizationFailed"),
-        "{}",
-        list[0].reason
+        list.iter()
+            .all(|e| e.reason.contains("TopicAuthorizationFailed")),
+        "{list:?}"
     );
+    let dead: BTreeSet<String> = list
+        .iter()
+        .map(|e| format!("gw1/telemetry/{}", e.seq))
+        .collect();
+    let n_live = 10 - dead.len();
     let got = consume(
         &bootstrap,
         &[("ferry.telemetry", 1)],
         Duration::from_secs(20),
-        |r| ids(r).len() >= 9,
+        move |r| ids(r).len() >= n_live,
     )
     .await;
-    let mut want = seq_ids("telemetry", 1..=10);
-    want.remove("gw1/telemetry/2");
-    assert_eq!(ids(&got), want);
+    let delivered = ids(&got);
+    assert!(delivered.is_disjoint(&dead), "dead-lettered and delivered");
+    let all: BTreeSet<String> = delivered.union(&dead).cloned().collect();
+    assert_eq!(
+        all,
+        seq_ids("telemetry", 1..=10),
+        "every record delivered or dead-lettered"
+    );
+    assert!(delivered.contains("gw1/telemetry/1"));
+    eprintln!(
+        "auth failure: {} dead letters, {} delivered",
+        dead.len(),
+        delivered.len()
+    );
+    drop(mock);
+}
+
+/// Compresses sorted numbers into (first, last) runs for readable failure messages.
+fn ranges(v: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &x in v {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == x => *last = x,
+            _ => out.push((x, x)),
+        }
+    }
+    out
+}
+
+/// Priority with minimum shares through the whole forwarder (fwd-policy's scheduler behind
+/// `Configured`, throttled so the drain takes seconds): while both classes are backlogged the
+/// high class gets most of the link but the low class at least about its minimum share, and a
+/// fresh high-class message overtakes the low class's backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_with_minimum_share() {
+    use ferry::forward::clock::{Clock, SystemClock};
+    use ferry::forward::policy::Configured;
+    use ferry::forward::schedule::{ClassPolicy, Scheduler};
+    use ferry::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
+    use ferry::forward::window::{Schedule, Windows};
+    use std::sync::Arc;
+
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ferry.alarms", 1, 1).unwrap();
+    mock.create_topic("ferry.bulk", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), &["alarms", "bulk"]);
+    // 2 MiB of backlog in each class; the link does 256 KiB/s, so neither drains in the test.
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let mut tickets = Vec::new();
+    for i in 0..2048u64 {
+        tickets.push(
+            store
+                .append(0, record("a", "c", i, payload.clone()))
+                .unwrap(),
+        );
+        tickets.push(
+            store
+                .append(1, record("b", "c", i, payload.clone()))
+                .unwrap(),
+        );
+    }
+    for t in tickets {
+        t.await.unwrap();
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::local());
+    let now = clock.now();
+    let scheduler = Scheduler::new(vec![
+        ClassPolicy {
+            name: "alarms".into(),
+            priority: 10,
+            min_share: 0.0,
+        },
+        ClassPolicy {
+            name: "bulk".into(),
+            priority: 0,
+            min_share: 0.25,
+        },
+    ])
+    .unwrap()
+    .with_half_life(256 << 10)
+    .unwrap();
+    let policy = Configured::new(
+        clock,
+        Windows::new(Schedule::always()),
+        scheduler,
+        Throttles::new(
+            Throttle::new(ThrottleConfig::rate(Rate::BytesPerSec(256 << 10)), &now),
+            vec![],
+        ),
+    );
+    let mut opts = test_opts(&mock.bootstrap_servers());
+    opts.batch_max_records = 16;
+    let dl = DeadLetters::open(dir.path()).unwrap();
+    let (fwd, h) = Forwarder::new(store.clone(), dl, opts, Box::new(policy)).unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(fwd.run(async move {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (a, b) = (store.acked(0).seq, store.acked(1).seq);
+    let share_b = b as f64 / (a + b) as f64;
+    eprintln!("after 4 s: alarms {a}, bulk {b}, bulk share {share_b:.2}");
+    assert!(
+        a > b,
+        "the high class must get most of the link: {a} vs {b}"
+    );
+    assert!(
+        share_b >= 0.15,
+        "the low class must get about its minimum share (0.25): {share_b:.2}"
+    );
+    assert!(a + b < 4096, "the throttle held: {}", a + b);
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert_eq!(h.status().dead_lettered, 0);
     drop(mock);
 }

@@ -16,6 +16,15 @@ mod config_cmd;
 mod passwd;
 mod version;
 
+mod backlog;
+mod conn;
+mod deadletter;
+pub mod fmt;
+mod peek;
+mod status;
+mod steer;
+mod transfer;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +80,42 @@ pub enum Command {
     /// Print the version and build information.
     #[command(after_help = "Examples:\n  ferry version\n  ferry version --json")]
     Version(VersionArgs),
+    /// Link, window, throttle, rates and the backlog of every class.
+    #[command(after_help = status::AFTER_HELP)]
+    Status(status::StatusArgs),
+    /// Waiting records per class and MQTT topic prefix: counts, bytes, oldest.
+    #[command(after_help = backlog::AFTER_HELP)]
+    Backlog(backlog::BacklogArgs),
+    /// Show waiting records of a class, decoded, without removing them.
+    #[command(after_help = peek::AFTER_HELP)]
+    Peek(peek::PeekArgs),
+    /// Stop forwarding (one class or all); ingest and storage go on.
+    #[command(after_help = steer::PAUSE_HELP)]
+    Pause(steer::PauseArgs),
+    /// Resume forwarding (one class or all).
+    #[command(after_help = steer::RESUME_HELP)]
+    Resume(steer::PauseArgs),
+    /// Send now for a while, regardless of the connectivity windows.
+    #[command(after_help = steer::DRAIN_HELP)]
+    Drain(steer::DrainArgs),
+    /// Remove waiting records of a class without sending them.
+    #[command(after_help = steer::PURGE_HELP)]
+    Purge(steer::PurgeArgs),
+    /// Records Kafka refused for good: list, show, replay, drop.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ferry dead-letter list\n  ferry dead-letter show 17\n  ferry dead-letter replay all"
+    )]
+    DeadLetter(deadletter::DeadLetterCommand),
+    /// Write the waiting records of a class to a file (for removable media).
+    #[command(after_help = transfer::EXPORT_HELP)]
+    Export(transfer::ExportArgs),
+    /// Append the records of an export file to this gateway's store.
+    #[command(after_help = transfer::IMPORT_HELP)]
+    Import(transfer::ImportArgs),
+    /// Re-read the configuration in the running daemon.
+    #[command(after_help = steer::RELOAD_HELP)]
+    Reload(steer::ReloadArgs),
 }
 
 /// `ferry run`.
@@ -139,6 +184,17 @@ pub fn run(cli: Cli) -> u8 {
         Command::Config(ConfigCommand::Check(args)) => config_cmd::check(&cli, args),
         Command::Passwd(args) => passwd::run(args),
         Command::Version(args) => version::run(args),
+        Command::Status(args) => status::run(&cli, args),
+        Command::Backlog(args) => backlog::run(&cli, args),
+        Command::Peek(args) => peek::run(&cli, args),
+        Command::Pause(args) => steer::pause(&cli, args),
+        Command::Resume(args) => steer::resume(&cli, args),
+        Command::Drain(args) => steer::drain(&cli, args),
+        Command::Purge(args) => steer::purge(&cli, args),
+        Command::DeadLetter(cmd) => deadletter::run(&cli, cmd),
+        Command::Export(args) => transfer::export(&cli, args),
+        Command::Import(args) => transfer::import(&cli, args),
+        Command::Reload(args) => steer::reload(&cli, args),
     };
     match result {
         Ok(code) => code,

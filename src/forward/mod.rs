@@ -34,10 +34,14 @@
 //!
 //! ## Link state
 //! `connecting` until the first report; `online` after a successful delivery; `offline` when
-//! librdkafka reports all brokers down or a send fails with a transport error; `stalled` when
-//! the watchdog found records in flight and no acknowledgement progress for `stall_timeout`
-//! while not offline — it then recreates the producer (counted in `stalls`). Repeated failures
-//! back off exponentially up to `backoff_max`; warnings are rate-limited.
+//! librdkafka reports all brokers down or a send fails with a transport error or timeout.
+//! The watchdog runs while records await delivery (in flight, or a class backing off after a
+//! failure): no acknowledgement for `stall_timeout` while not offline is a *stall* (counted in
+//! `stalls`, link `stalled`) and recreates the producer; while offline it also recreates the
+//! producer, spaced by a backoff that doubles per reset up to `backoff_max`, because a producer
+//! can stay wedged after a broker restart (measured with tansu: endless timeouts until a fresh
+//! producer id). Failed classes back off exponentially (`backoff_min`..`backoff_max`) before
+//! re-sending; warnings are rate-limited (one per 30 s with a count of the suppressed ones).
 //!
 //! ## Shutdown
 //! Stop taking new work, wait up to `shutdown_flush_timeout` for in-flight reports, persist the
@@ -165,6 +169,8 @@ pub struct ClassStatus {
     pub resent_records: u64,
     /// Milliseconds until the class retries after a failure (0 = not backing off).
     pub backoff_ms: u64,
+    /// Sequence numbers the reader found missing from the log (dropped by the store).
+    pub skipped_records: u64,
 }
 
 /// A snapshot of the forwarder for `ferry status` and the control API.
@@ -191,6 +197,8 @@ pub struct ForwarderStatus {
     pub acked_records: u64,
     pub acked_bytes: u64,
     pub dead_lettered: u64,
+    /// Entries waiting in the dead-letter log (all time, not just this run).
+    pub dead_letter_entries: u64,
     pub resent_records: u64,
     pub in_flight_bytes: u64,
     /// Acknowledged records and bytes per second over the last few seconds.
@@ -509,6 +517,7 @@ impl Forwarder {
                 acked_records: 0,
                 acked_bytes: 0,
                 dead_lettered: 0,
+                dead_letter_entries: deadletters.counters().entries,
                 resent_records: 0,
                 in_flight_bytes: 0,
                 drain_records_per_sec: 0.0,
@@ -1023,6 +1032,7 @@ impl Forwarder {
         }
 
         // Send until the in-flight limit, the throttle, or no class has anything ready.
+        let mut dry = vec![false; self.classes.len()];
         loop {
             if self.inflight_bytes >= self.opts.max_in_flight_bytes {
                 break;
@@ -1030,7 +1040,7 @@ impl Forwarder {
             let now = Instant::now();
             let mut candidates = Vec::new();
             for c in &self.classes {
-                if paused[c.id] || c.failed {
+                if paused[c.id] || c.failed || dry[c.id] {
                     continue;
                 }
                 if let Some(t) = c.retry_at {
@@ -1052,7 +1062,10 @@ impl Forwarder {
                 break;
             };
             match self.send_batch(class).await {
-                Ok(()) => {}
+                Ok(true) => {}
+                // Nothing readable after all: leave the class alone until the next wake-up,
+                // so a commit notification that runs ahead of readability cannot spin us.
+                Ok(false) => dry[class] = true,
                 Err(Some(wait)) => {
                     let t = Instant::now() + wait;
                     self.throttle_wait = Some(t);
@@ -1067,11 +1080,12 @@ impl Forwarder {
 
     /// Reads (if needed) and produces one batch of `class`. `Err(Some(wait))`: the throttle
     /// asks to wait; `Err(None)`: stop sending for now (queue full, producer reset).
-    async fn send_batch(&mut self, class: ClassId) -> Result<(), Option<Duration>> {
+    async fn send_batch(&mut self, class: ClassId) -> Result<bool, Option<Duration>> {
         if self.classes[class].staged.is_empty() {
             let Some(mut reader) = self.classes[class].reader.take() else {
                 return Err(None);
             };
+            let expected = reader.next_seq();
             let (max_r, max_b) = (self.opts.batch_max_records, self.opts.batch_max_bytes);
             let res = tokio::task::spawn_blocking(move || {
                 let r = reader.read_batch(max_r, max_b);
@@ -1083,6 +1097,17 @@ impl Forwarder {
                 Ok((reader, Ok(batch))) => {
                     c.reader = Some(reader);
                     c.retry_at = None;
+                    // The store's log has no gaps except counted drops (retention, purge,
+                    // corruption); say so when the forwarder runs into one.
+                    let mut next = expected;
+                    for r in &batch {
+                        if r.seq != next {
+                            let skipped = r.seq.saturating_sub(next);
+                            c.status.skipped_records += skipped;
+                            tracing::warn!(class = %c.name, from_seq = next, to_seq = r.seq - 1, skipped, "records missing from the store between reads (dropped by retention, purge or corruption; see the class's drop counters)");
+                        }
+                        next = r.seq + 1;
+                    }
                     c.staged.extend(batch);
                 }
                 Ok((reader, Err(e))) => {
@@ -1091,10 +1116,12 @@ impl Forwarder {
                     c.retry_at = Some(Instant::now() + wait);
                     let msg = format!("reading class {} from the store: {e}", c.name);
                     self.note_error(msg);
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
-                    // The reader was lost with the task; reopen it at the acked position.
+                    // The reader was lost with the task; reopen it at the acked position and
+                    // let the class rewind once its in-flight records have reported.
+                    c.failed = true;
                     match self.store.reader(class, c.acked.seq + 1) {
                         Ok(r) => c.reader = Some(r),
                         Err(e2) => {
@@ -1104,11 +1131,12 @@ impl Forwarder {
                         }
                     }
                     self.note_error(format!("store read task failed: {e}"));
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             if self.classes[class].staged.is_empty() {
-                return Ok(());
+                // Caught up after all (the commit we saw is not readable yet, or was dropped).
+                return Ok(false);
             }
         }
 
@@ -1186,10 +1214,10 @@ impl Forwarder {
             };
             let Some(producer) = self.producer.as_ref() else {
                 let c = &mut self.classes[class];
-                c.staged.push_front(stored);
                 for (s, _) in iter.rev() {
                     c.staged.push_front(s);
                 }
+                c.staged.push_front(stored);
                 return Err(None);
             };
             match producer.send(class, seq, &rec) {
@@ -1241,10 +1269,11 @@ impl Forwarder {
                     } else {
                         // Not sent: put it back and stop this round.
                         let c = &mut self.classes[class];
-                        c.staged.push_front(stored);
+                        // Back in order: the unsent tail first, then this record before it.
                         for (s, _) in iter.rev() {
                             c.staged.push_front(s);
                         }
+                        c.staged.push_front(stored);
                         if disposition == Disposition::Fatal && self.reset_wanted.is_none() {
                             self.reset_wanted = Some(format!("fatal error on send: {e}"));
                         }
@@ -1275,7 +1304,7 @@ impl Forwarder {
         }
         self.policy.sent(class, sent_bytes);
         self.sent_bytes += sent_bytes;
-        Ok(())
+        Ok(true)
     }
 
     fn publish_status(&mut self) {
@@ -1292,7 +1321,9 @@ impl Forwarder {
             };
         }
         let (rr, br) = (*rr, *br);
+        let dead_letter_entries = self.deadletters.counters().entries;
         let mut st = self.shared.status.lock();
+        st.dead_letter_entries = dead_letter_entries;
         st.link = self.link;
         st.link_since_ms = self.link_since_ms;
         st.last_error = self.last_error.as_ref().map(|(m, _)| m.clone());

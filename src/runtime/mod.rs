@@ -11,17 +11,20 @@
 //! Like `cli`, this is the binary's edge: errors end as text for a person (or systemd), so it
 //! uses `anyhow` and leaves typed errors to the components.
 
+pub mod metrics;
 pub mod wiring;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::{Config, LogFormat as CfgLogFormat};
+use crate::control::server::ControlContext;
 use crate::forward::deadletter::DeadLetters;
-use crate::forward::{Forwarder, ForwarderHandle};
+use crate::forward::Forwarder;
 use crate::ingest::{IngestHandle, Server};
 use crate::store::Store;
 use crate::telemetry::logging::{self, LogFormat};
@@ -64,6 +67,11 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     for w in cfg.warnings() {
         tracing::warn!("config: {w}");
     }
+    // Signals first: a SIGTERM that arrives any time after this (even during recovery, or
+    // right after READY) is a graceful stop, never the default kill.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     notify::status("recovering the message store");
 
     // The store first: nothing is accepted before recovery finished.
@@ -85,8 +93,8 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         "message store recovered"
     );
 
-    let metrics = crate::telemetry::metrics::global().clone();
-    metrics.watch_store(store.clone());
+    let telemetry_metrics = crate::telemetry::metrics::global().clone();
+    telemetry_metrics.watch_store(store.clone());
     let metrics_server = if cfg.metrics.enabled {
         let addr = wiring_addr(&cfg.metrics.listen)?;
         Some(crate::telemetry::http::MetricsServer::bind(addr).await?)
@@ -111,11 +119,33 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     let policy = wiring::policy(&cfg)?;
     let (forwarder, fwd_handle) = Forwarder::new(
         store.clone(),
-        dead_letters,
+        dead_letters.clone(),
         wiring::forwarder_options(&cfg),
         Box::new(policy),
     )
     .context("setting up the Kafka forwarder")?;
+
+    metrics::export(
+        &telemetry_metrics,
+        ingest_handle.metrics(),
+        fwd_handle.clone(),
+        store.clone(),
+    );
+
+    // Control socket: bound before READY so `ferry status` works as soon as systemd says so.
+    let reloader = Arc::new(Reloader {
+        path: path.clone(),
+        current: parking_lot::Mutex::new(cfg.clone()),
+        store: store.clone(),
+        ingest: ingest_handle.clone(),
+    });
+    let control_listener =
+        crate::control::server::bind(&cfg.control.socket).context("opening the control socket")?;
+    let mut ctx = ControlContext::new(store.clone(), cfg.storage.data_dir.clone());
+    ctx.forwarder = Some(fwd_handle.clone());
+    ctx.dead_letters = Some(Arc::new(dead_letters));
+    let r = reloader.clone();
+    ctx.reload = Some(Arc::new(move || r.reload().map_err(|e| format!("{e:#}"))));
 
     // Tasks, each with its own stop signal so shutdown can go in order.
     let (ingest_stop_tx, ingest_stop) = stop_pair();
@@ -130,13 +160,26 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         })
     };
     let fwd_task = tokio::spawn(forwarder.run(fwd_stop.wait()));
+    {
+        let stop = aux_stop.clone();
+        let socket = cfg.control.socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::control::server::serve_listener(control_listener, &socket, ctx, stop.wait())
+                    .await
+            {
+                tracing::error!(error = %e, "control socket failed");
+            }
+        });
+    }
     if let Some(ms) = metrics_server {
         let stop = aux_stop.clone();
-        let m = metrics.clone();
+        let m = telemetry_metrics.clone();
         tokio::spawn(async move { ms.serve(m, stop.wait()).await });
     }
     if let Some(wd) = Watchdog::from_env() {
-        let wd = wd.probe("store writer", store_probe(store.clone()));
+        let s = store.clone();
+        let wd = wd.counter("store writer", move || s.io_stats().writer_loops);
         let stop = aux_stop.clone();
         tokio::spawn(async move { wd.run(stop.wait()).await });
     }
@@ -145,20 +188,15 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     notify::status("running");
     tracing::info!(config = %path.display(), "ferry is running");
 
-    // Signals: TERM/INT stop, HUP reloads.
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut current = cfg;
+    drop(cfg);
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => {
                 notify::notifier().reloading().ok();
-                match reload(&path, &current, &store, &ingest_handle, &fwd_handle) {
-                    Ok((new, msg)) => { tracing::info!("reload: {msg}"); current = new; }
-                    Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
+                if let Err(e) = reloader.reload() {
+                    tracing::error!("reload refused, the running config stays: {e:#}");
                 }
                 notify::ready();
             }
@@ -193,45 +231,79 @@ fn wiring_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("metrics.listen `{s}` is not an address like 127.0.0.1:9464"))
 }
 
-/// Progress of the store writer as the watchdog sees it: its loop turns at least once a
-/// second even when idle, so a counter that stops moving means a wedged writer (e.g. an
-/// fdatasync that never returns).
-fn store_probe(store: Store) -> impl FnMut() -> bool + Send {
-    let mut last = store.io_stats().writer_loops;
-    move || {
-        let now = store.io_stats().writer_loops;
-        let moved = now != last;
-        last = now;
-        moved
+/// Re-reads the config on SIGHUP or `ferry reload`. Settings that can change live
+/// (classification rules, users and ACLs) take effect at once without dropping connections;
+/// a change that needs a restart is refused and the running config stays.
+struct Reloader {
+    path: PathBuf,
+    current: parking_lot::Mutex<Config>,
+    store: Store,
+    ingest: IngestHandle,
+}
+
+impl Reloader {
+    fn reload(&self) -> anyhow::Result<String> {
+        let new = Config::load(&self.path)?;
+        let mut current = self.current.lock();
+        let restart = current.restart_needed_for(&new);
+        if !restart.is_empty() {
+            let list: Vec<String> = restart.iter().map(|r| r.to_string()).collect();
+            anyhow::bail!(
+                "these changes need a restart (`systemctl restart ferry`): {}",
+                list.join("; ")
+            );
+        }
+        // The config module counts forward, mapping and log settings as live too, but this
+        // build applies only rules, users and ACLs without a restart: refuse anything else
+        // rather than pretend it took effect.
+        let not_live = unapplied_changes(&current, &new);
+        if !not_live.is_empty() {
+            anyhow::bail!(
+                "these changes take effect only at a restart in this version (`systemctl restart ferry`): {}",
+                not_live.join(", ")
+            );
+        }
+        let classifier = wiring::classifier(&new, &self.store)?;
+        let auth = crate::ingest::auth::Authenticator::new(&wiring::auth_options(&new)?)
+            .context("loading users")?;
+        self.ingest.set_classifier(classifier)?;
+        self.ingest.set_auth(auth);
+        *current = new;
+        let msg = "classification rules, users and ACLs reloaded; connections kept".to_string();
+        tracing::info!("reload: {msg}");
+        Ok(msg)
     }
 }
 
-/// Re-reads the config. Settings that can change live (classification rules, users and
-/// ACLs) take effect now; anything that needs a restart is refused and the running config
-/// stays. Returns the new config and a one-line summary.
-pub fn reload(
-    path: &Path,
-    current: &Config,
-    store: &Store,
-    ingest: &IngestHandle,
-    _forwarder: &ForwarderHandle,
-) -> anyhow::Result<(Config, String)> {
-    let new = Config::load(path)?;
-    let restart = current.restart_needed_for(&new);
-    if !restart.is_empty() {
-        let list: Vec<String> = restart.iter().map(|r| r.to_string()).collect();
-        anyhow::bail!(
-            "these changes need a restart (`systemctl restart ferry`): {}",
-            list.join("; ")
-        );
+/// Sections that changed between `old` and `new` other than what [`Reloader`] applies live
+/// (classification filters and classes, users, anonymous access).
+fn unapplied_changes(old: &Config, new: &Config) -> Vec<String> {
+    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
     }
-    let classifier = wiring::classifier(&new, store)?;
-    let auth = crate::ingest::auth::Authenticator::new(&wiring::auth_options(&new)?)
-        .context("loading users")?;
-    ingest.set_classifier(classifier)?;
-    ingest.set_auth(auth);
-    Ok((
-        new,
-        "classification rules, users and ACLs reloaded; connections kept".to_string(),
-    ))
+    let overrides = |c: &Config| -> Vec<(String, Option<String>, Option<String>)> {
+        c.classify
+            .rules
+            .iter()
+            .filter(|r| r.kafka_topic.is_some() || r.kafka_key.is_some())
+            .map(|r| (r.filter.clone(), r.kafka_topic.clone(), r.kafka_key.clone()))
+            .collect()
+    };
+    let mut out = Vec::new();
+    if differs(&old.forward, &new.forward) {
+        out.push("[forward]");
+    }
+    if differs(&old.kafka, &new.kafka) {
+        out.push("[kafka]");
+    }
+    if differs(&old.classes, &new.classes) {
+        out.push("[[class]]");
+    }
+    if differs(&old.log, &new.log) {
+        out.push("[log]");
+    }
+    if overrides(old) != overrides(new) {
+        out.push("kafka_topic/kafka_key of [[classify.rule]]");
+    }
+    out.into_iter().map(String::from).collect()
 }

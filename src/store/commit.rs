@@ -75,6 +75,8 @@ enum Cmd {
     Close {
         done: mpsc::Sender<Result<()>>,
     },
+    /// Fault injection: the writer blocks for this long (a stand-in for a hung disk).
+    Stall(std::time::Duration),
 }
 
 /// Per-class state shared by the writer, readers and ackers.
@@ -89,6 +91,8 @@ pub(crate) struct ClassShared {
     pub disk_bytes: AtomicU64,
     pub refused_full: AtomicU64,
     pub refused_headroom: AtomicU64,
+    pub appended_records: AtomicU64,
+    pub appended_bytes: AtomicU64,
     /// Frames a reader found damaged at run time (persisted counts come from recovery).
     pub corrupt_skipped: AtomicU64,
     pub read_only: bool,
@@ -311,6 +315,8 @@ impl Shared {
                 disk_bytes: AtomicU64::new(disk),
                 refused_full: AtomicU64::new(0),
                 refused_headroom: AtomicU64::new(0),
+                appended_records: AtomicU64::new(0),
+                appended_bytes: AtomicU64::new(0),
                 corrupt_skipped: AtomicU64::new(0),
                 read_only: opts.read_only,
             }));
@@ -519,6 +525,8 @@ impl Shared {
                             newest_ts_ms: newest_ts,
                             acked,
                             dropped,
+                            appended_records: c.appended_records.load(Ordering::Relaxed),
+                            appended_bytes: c.appended_bytes.load(Ordering::Relaxed),
                             refused_full: c.refused_full.load(Ordering::Relaxed),
                             refused_headroom: c.refused_headroom.load(Ordering::Relaxed),
                         },
@@ -556,6 +564,10 @@ impl Shared {
             older_than_ms,
             done,
         })
+    }
+
+    pub fn stall_writer(&self, d: std::time::Duration) -> Result<()> {
+        self.send(Cmd::Stall(d))
     }
 
     pub fn close(&self) -> Result<()> {
@@ -722,6 +734,11 @@ impl Writer {
                 let _ = done.send(self.retention(now_ms));
                 false
             }
+            Cmd::Stall(d) => {
+                tracing::warn!(?d, "store writer stalled on purpose (fault injection)");
+                std::thread::sleep(d);
+                false
+            }
             Cmd::Close { done } => {
                 // Anything still queued behind Close is committed before stopping.
                 let mut batch: Vec<Vec<Pending>> =
@@ -872,6 +889,10 @@ impl Writer {
                 self.io
                     .records
                     .fetch_add(f.header.count as u64, Ordering::Relaxed);
+                c.appended_records
+                    .fetch_add(f.header.count as u64, Ordering::Relaxed);
+                c.appended_bytes
+                    .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
                 self.io
                     .logical
                     .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);

@@ -199,6 +199,9 @@ pub struct ClassStats {
     pub newest_ts_ms: Option<u64>,
     pub acked: Position,
     pub dropped: DropCounts,
+    /// Records and logical bytes committed since the store was opened.
+    pub appended_records: u64,
+    pub appended_bytes: u64,
     /// Appends refused since the store was opened (class full, disk headroom).
     pub refused_full: u64,
     pub refused_headroom: u64,
@@ -363,6 +366,13 @@ impl Store {
     /// `older_than_ms`), a whole segment at a time; returns (records, bytes on disk) removed.
     pub fn purge(&self, class: ClassId, older_than_ms: Option<u64>) -> Result<(u64, u64)> {
         self.inner.purge(class, older_than_ms)
+    }
+
+    /// Fault injection for tests: the writer thread blocks for `d`, like a hung disk (appends
+    /// queue up, tickets wait, the watchdog sees no progress). Not used by ferry itself.
+    #[doc(hidden)]
+    pub fn stall_writer(&self, d: std::time::Duration) -> Result<()> {
+        self.inner.stall_writer(d)
     }
 
     /// Commits what is pending, stops the writer, and releases the data directory.

@@ -18,10 +18,10 @@
 //! bounded sets (configured class names, fixed reason strings): every label set ever used stays
 //! in the registry until the process exits.
 //!
-//! Store-side figures that the store already keeps (backlog, drops by reason, which it persists
-//! across restarts) are copied in right before each scrape by a hook the runtime registers
-//! ([`Metrics::add_scrape_hook`], [`Metrics::update_from_store`]), so the numbers a scrape shows
-//! are the store's own, not a second count that could drift.
+//! Figures the store already keeps (backlog, drops by reason, which it persists across
+//! restarts, refusals, and the writer's commit-batch and fsync histograms) are copied in right
+//! before each scrape by a hook the runtime registers ([`Metrics::watch_store`]), so the numbers
+//! a scrape shows are the store's own, not a second count that could drift.
 //!
 //! # Conventions
 //!
@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::store::{ClassStats, DropReason, Store};
+use crate::store::{ClassStats, DropReason, IoStats, Store, BATCH_BUCKETS, FSYNC_BUCKETS};
 
 /// Content type of the Prometheus text exposition format this module renders.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -132,6 +132,21 @@ impl Histogram {
     }
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+    /// Mirrors a histogram someone else keeps with the same bounds: `cumulative` holds one
+    /// Prometheus-style cumulative count per bound plus `+Inf` last. A length mismatch (the
+    /// other side changed its buckets) is ignored rather than rendered wrong.
+    pub fn set_cumulative(&self, cumulative: &[u64], sum: f64) {
+        if cumulative.len() != self.counts.len() {
+            return;
+        }
+        let mut below = 0;
+        for (slot, &c) in self.counts.iter().zip(cumulative) {
+            slot.store(c.saturating_sub(below), Ordering::Relaxed);
+            below = c;
+        }
+        self.sum.store(sum.to_bits(), Ordering::Relaxed);
+        self.count.store(below, Ordering::Relaxed);
     }
     pub fn sum(&self) -> f64 {
         f64::from_bits(self.sum.load(Ordering::Relaxed))
@@ -307,17 +322,6 @@ fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
-/// Buckets for the fsync latency: 0.2–4 ms is normal on this class of disk, tens of ms
-/// means a struggling SD card or an overloaded host, seconds means trouble.
-const FSYNC_SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
-];
-/// Buckets for records per group commit: 1 means no batching (idle or single publisher), the
-/// upper end is a commit that hit its byte limit.
-const COMMIT_BATCH_RECORDS_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
-];
-
 /// Hooks run right before a scrape renders, to copy in figures kept elsewhere.
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
@@ -334,6 +338,9 @@ pub struct Metrics {
     // store
     pub commit_batch_records: Family<Histogram>,
     pub fsync_seconds: Family<Histogram>,
+    pub commits: Family<Counter>,
+    pub fsyncs: Family<Counter>,
+    pub written_bytes: Family<Counter>,
     pub backlog_records: Family<Gauge>,
     pub backlog_bytes: Family<Gauge>,
     pub backlog_oldest_age_seconds: Family<Gauge>,
@@ -381,7 +388,8 @@ impl Metrics {
             ),
             ingest_refused: Family::new(
                 "ferry_ingest_refused_total",
-                "Publishes refused, by class and reason (class_full, headroom, too_large, \
+                "Publishes refused, by class and reason. class_full and headroom are the \
+                 store's own counts since start; ingest adds its reasons (too_large, \
                  invalid_topic, no_class, store_error).",
                 CLASS_REASON,
             ),
@@ -402,15 +410,32 @@ impl Metrics {
             ),
             commit_batch_records: Family::with_buckets(
                 "ferry_store_commit_batch_records",
-                "Records per group commit (one write + fdatasync), by class.",
-                CLASS,
-                COMMIT_BATCH_RECORDS_BUCKETS,
+                "Records per group commit (one write + fdatasync per class touched).",
+                NONE,
+                &BATCH_BUCKETS,
             ),
             fsync_seconds: Family::with_buckets(
                 "ferry_store_fsync_seconds",
-                "Latency of the fdatasync that ends a group commit, by class.",
-                CLASS,
-                FSYNC_SECONDS_BUCKETS,
+                "Latency of fdatasync on segment files (0.2-4 ms is normal on an SSD-backed \
+                 VM; tens of ms point at a struggling card or an overloaded host).",
+                NONE,
+                &FSYNC_BUCKETS,
+            ),
+            commits: Family::new(
+                "ferry_store_commits_total",
+                "Group commits that wrote at least one frame.",
+                NONE,
+            ),
+            fsyncs: Family::new(
+                "ferry_store_fsyncs_total",
+                "fdatasync calls on segment files.",
+                NONE,
+            ),
+            written_bytes: Family::new(
+                "ferry_store_written_bytes_total",
+                "Bytes the store wrote, by kind: logical (uncompressed records) and frame \
+                 (what reached the device, after compression; flash wear follows this).",
+                &["kind"],
             ),
             backlog_records: Family::new(
                 "ferry_backlog_records",
@@ -502,8 +527,6 @@ impl Metrics {
         ClassMetrics {
             ingest_messages: self.ingest_messages.with(&[class]),
             ingest_bytes: self.ingest_bytes.with(&[class]),
-            commit_batch_records: self.commit_batch_records.with(&[class]),
-            fsync_seconds: self.fsync_seconds.with(&[class]),
             backlog_records: self.backlog_records.with(&[class]),
             backlog_bytes: self.backlog_bytes.with(&[class]),
             backlog_oldest_age_seconds: self.backlog_oldest_age_seconds.with(&[class]),
@@ -514,6 +537,8 @@ impl Metrics {
     }
 
     /// Counts one refused publish. `reason` must come from a fixed set (see the help text).
+    /// `class_full` and `headroom` refusals are the store's and are copied from its stats by
+    /// [`Metrics::watch_store`]; ingest counts only its own reasons here.
     pub fn refused(&self, class: &str, reason: &str) {
         self.ingest_refused.with(&[class, reason]).inc();
     }
@@ -569,14 +594,41 @@ impl Metrics {
                     .with(&[class, r.as_str()])
                     .set_to(s.dropped.get(r));
             }
+            self.ingest_refused
+                .with(&[class, "class_full"])
+                .set_to(s.refused_full);
+            self.ingest_refused
+                .with(&[class, "headroom"])
+                .set_to(s.refused_headroom);
         }
     }
 
-    /// Makes every scrape copy `store.stats()` in first (see [`Metrics::update_from_store`]).
+    /// Copies the store writer's own I/O figures in (commit batch and fsync histograms,
+    /// commit/fsync/byte counters).
+    pub fn update_from_io(&self, io: &IoStats) {
+        self.commit_batch_records
+            .with(&[])
+            .set_cumulative(&io.batch_buckets, io.batch_records_sum as f64);
+        self.fsync_seconds
+            .with(&[])
+            .set_cumulative(&io.fsync_buckets, io.fsync_seconds_sum);
+        self.commits.with(&[]).set_to(io.commits);
+        self.fsyncs.with(&[]).set_to(io.fsyncs);
+        self.written_bytes
+            .with(&["logical"])
+            .set_to(io.logical_bytes_written);
+        self.written_bytes
+            .with(&["frame"])
+            .set_to(io.frame_bytes_written);
+    }
+
+    /// Makes every scrape copy the store's figures in first ([`Metrics::update_from_store`],
+    /// [`Metrics::update_from_io`]).
     pub fn watch_store(&self, store: Store) {
         self.add_scrape_hook(move |m| {
             let now_ms = unix_now().as_millis() as u64;
             m.update_from_store(&store.stats(), now_ms);
+            m.update_from_io(&store.io_stats());
         });
     }
 
@@ -604,6 +656,9 @@ impl Metrics {
         self.connections_rejected.render(&mut out);
         self.commit_batch_records.render(&mut out);
         self.fsync_seconds.render(&mut out);
+        self.commits.render(&mut out);
+        self.fsyncs.render(&mut out);
+        self.written_bytes.render(&mut out);
         self.backlog_records.render(&mut out);
         self.backlog_bytes.render(&mut out);
         self.backlog_oldest_age_seconds.render(&mut out);
@@ -637,8 +692,6 @@ impl Drop for ConnectionGuard {
 pub struct ClassMetrics {
     pub ingest_messages: Arc<Counter>,
     pub ingest_bytes: Arc<Counter>,
-    pub commit_batch_records: Arc<Histogram>,
-    pub fsync_seconds: Arc<Histogram>,
     pub backlog_records: Arc<Gauge>,
     pub backlog_bytes: Arc<Gauge>,
     pub backlog_oldest_age_seconds: Arc<Gauge>,
@@ -652,12 +705,6 @@ impl ClassMetrics {
     pub fn ingested(&self, payload_bytes: usize) {
         self.ingest_messages.inc();
         self.ingest_bytes.inc_by(payload_bytes as u64);
-    }
-
-    /// One group commit finished: how many records it held and how long its fdatasync took.
-    pub fn committed(&self, records: usize, fsync: Duration) {
-        self.commit_batch_records.observe(records as f64);
-        self.fsync_seconds.observe_duration(fsync);
     }
 
     /// Kafka acknowledged `records` records carrying `payload_bytes` bytes.
@@ -706,23 +753,58 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::new();
-        let c = m.class("t");
-        c.committed(1, Duration::from_micros(300));
-        c.committed(3, Duration::from_millis(3));
-        c.committed(5000, Duration::from_secs(10));
+        let h = m.commit_batch_records.with(&[]);
+        h.observe(1.0);
+        h.observe(3.0);
+        h.observe(5000.0);
         let text = m.render();
-        assert!(text.contains("ferry_store_commit_batch_records_bucket{class=\"t\",le=\"1\"} 1\n"));
-        assert!(text.contains("ferry_store_commit_batch_records_bucket{class=\"t\",le=\"4\"} 2\n"));
-        assert!(
-            text.contains("ferry_store_commit_batch_records_bucket{class=\"t\",le=\"4096\"} 2\n")
-        );
-        assert!(
-            text.contains("ferry_store_commit_batch_records_bucket{class=\"t\",le=\"+Inf\"} 3\n")
-        );
-        assert!(text.contains("ferry_store_commit_batch_records_sum{class=\"t\"} 5004\n"));
-        assert!(text.contains("ferry_store_commit_batch_records_count{class=\"t\"} 3\n"));
-        assert!(text.contains("ferry_store_fsync_seconds_bucket{class=\"t\",le=\"0.0005\"} 1\n"));
-        assert!(text.contains("ferry_store_fsync_seconds_bucket{class=\"t\",le=\"0.004\"} 2\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_bucket{le=\"4\"} 2\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_bucket{le=\"1024\"} 2\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_sum 5004\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_count 3\n"));
+    }
+
+    #[test]
+    fn io_stats_are_mirrored() {
+        let m = Metrics::new();
+        let mut fsync = vec![0u64; FSYNC_BUCKETS.len() + 1];
+        // 2 fsyncs <= 0.5 ms, 1 more <= 5 ms, 1 above every bound.
+        for (i, b) in FSYNC_BUCKETS.iter().enumerate() {
+            fsync[i] = if *b < 0.0005 {
+                0
+            } else if *b < 0.005 {
+                2
+            } else {
+                3
+            };
+        }
+        fsync[FSYNC_BUCKETS.len()] = 4;
+        let io = IoStats {
+            commits: 4,
+            fsyncs: 4,
+            fsync_seconds_sum: 2.5,
+            fsync_buckets: fsync,
+            batch_buckets: vec![1; BATCH_BUCKETS.len() + 1],
+            batch_records_sum: 1,
+            records_written: 1,
+            logical_bytes_written: 100,
+            frame_bytes_written: 80,
+            ..IoStats::default()
+        };
+        m.update_from_io(&io);
+        let text = m.render();
+        assert!(text.contains("ferry_store_fsync_seconds_bucket{le=\"0.0001\"} 0\n"));
+        assert!(text.contains("ferry_store_fsync_seconds_bucket{le=\"0.0005\"} 2\n"));
+        assert!(text.contains("ferry_store_fsync_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("ferry_store_fsync_seconds_bucket{le=\"1\"} 3\n"));
+        assert!(text.contains("ferry_store_fsync_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("ferry_store_fsync_seconds_count 4\n"));
+        assert!(text.contains("ferry_store_fsync_seconds_sum 2.5\n"));
+        assert!(text.contains("ferry_store_commits_total 4\n"));
+        assert!(text.contains("ferry_store_written_bytes_total{kind=\"frame\"} 80\n"));
+        assert!(text.contains("ferry_store_commit_batch_records_count 1\n"));
     }
 
     #[test]

@@ -17,28 +17,30 @@
 //! # Wiring (what `ferry run` does with these pieces)
 //!
 //! ```no_run
-//! # async fn run(store_writer_loop: impl FnOnce(ferry::telemetry::notify::Heartbeat)) -> anyhow::Result<()> {
+//! # async fn run(store: ferry::store::Store) -> anyhow::Result<()> {
 //! use std::sync::Arc;
 //! use ferry::telemetry::{http::MetricsServer, logging, metrics, notify};
 //!
-//! logging::init("info", logging::LogFormat::Auto)?;
+//! logging::init("info", logging::LogFormat::Auto)?; // [log] level / format
 //! notify::status("recovering store");
+//! // ... Store::open(..) and recovery ...
 //! let metrics: Arc<metrics::Metrics> = metrics::global().clone();
-//! // ... Store::open(..) and recovery; then, so scrapes show the store's own figures:
-//! // metrics.add_scrape_hook(move |m| m.update_from_store(&store.stats(), now_ms()));
+//! metrics.watch_store(store.clone()); // scrapes show the store's own figures
 //! let server = MetricsServer::bind("127.0.0.1:9464".parse()?).await?; // fail before READY
 //! let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 //! let mut rx = stop_rx.clone();
 //! tokio::spawn(server.serve(metrics.clone(), async move { let _ = rx.changed().await; }));
 //!
-//! let writer_hb = notify::Heartbeat::new();
-//! store_writer_loop(writer_hb.clone()); // bumps it every iteration, idle or not
+//! let forwarder_hb = notify::Heartbeat::new(); // the forwarder loop bumps it, idle or not
 //! if let Some(wd) = notify::Watchdog::from_env() {
+//!     let s = store.clone();
+//!     let wd = wd
+//!         .counter("store writer", move || s.io_stats().writer_loops)
+//!         .heartbeat("forwarder", &forwarder_hb);
 //!     let mut rx = stop_rx.clone();
-//!     let wd = wd.heartbeat("store writer", &writer_hb);
 //!     tokio::spawn(wd.run(async move { let _ = rx.changed().await; }));
 //! }
-//! // ... bind the MQTT and control listeners ...
+//! // ... bind the MQTT and control listeners, start the forwarder ...
 //! notify::ready();
 //! notify::status("running");
 //! // on SIGTERM:

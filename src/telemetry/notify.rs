@@ -285,6 +285,18 @@ impl Watchdog {
         self
     }
 
+    /// Watches a counter read through `read` (e.g. the store writer's
+    /// `store.io_stats().writer_loops`): progress means the value changed since the last tick.
+    pub fn counter(self, name: &str, mut read: impl FnMut() -> u64 + Send + 'static) -> Watchdog {
+        let mut last = read();
+        self.probe(name, move || {
+            let now = read();
+            let moved = now != last;
+            last = now;
+            moved
+        })
+    }
+
     pub fn probe(mut self, name: &str, probe: impl Probe + 'static) -> Watchdog {
         self.probes.push((name.to_string(), Box::new(probe)));
         self

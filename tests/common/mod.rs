@@ -61,3 +61,11 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Logs to the test output, filtered by `RUST_LOG` (e.g. `RUST_LOG=ferry=debug`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

@@ -358,6 +358,7 @@ pub fn consume_until(
     let mut eof: HashMap<(String, i32), bool> = HashMap::new();
     let mut last_msg = Instant::now();
     let mut satisfied_at: Option<Instant> = None;
+    let mut last_check = Instant::now();
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -390,8 +391,16 @@ pub fn consume_until(
             }
             Some(Err(_)) | None => {}
         }
-        if satisfied_at.is_none() && done(&out) {
-            satisfied_at = Some(Instant::now());
+        // `done` may be costly on large result sets (building id sets): check it at most
+        // every 200 ms, and whenever the consumer is idle.
+        if satisfied_at.is_none()
+            && (last_check.elapsed() >= Duration::from_millis(200)
+                || last_msg.elapsed() >= Duration::from_millis(100))
+        {
+            last_check = Instant::now();
+            if done(&out) {
+                satisfied_at = Some(Instant::now());
+            }
         }
         // Once satisfied, keep reading a little longer to pick up stragglers (duplicates).
         if let Some(t) = satisfied_at {
