@@ -250,6 +250,61 @@ async fn publisher(addr: SocketAddr, client_id: String, phase: Arc<Phase>) -> Re
     Ok(res)
 }
 
+/// The same load through rumqttc (`inflight` 100), as `tests/ingest.rs`'s `bench_durable_qos1`
+/// does: shows how much a client library limits the rate (latency is taken from rumqttc's
+/// `Outgoing::Publish` event, i.e. when the event loop handles the publish).
+async fn rumqttc_publisher(
+    addr: SocketAddr,
+    client_id: String,
+    phase: Arc<Phase>,
+) -> Result<ConnResult> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let topic = format!("bench/{client_id}/telemetry");
+    let mut o = MqttOptions::new(client_id.clone(), addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_inflight(WINDOW as u16);
+    let (client, mut el) = AsyncClient::new(o, 2 * WINDOW);
+    let feeder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let payload = vec![b'x'; PAYLOAD];
+            while client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .is_ok()
+            {}
+        })
+    };
+    let mut sent: Vec<Option<Instant>> = vec![None; 1 << 16];
+    let mut res = ConnResult::default();
+    while !phase.stop.load(Ordering::Relaxed) {
+        match el.poll().await {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                sent[pkid as usize] = Some(Instant::now())
+            }
+            Ok(Event::Incoming(Packet::PubAck(a))) => {
+                if let Some(t) = sent[a.pkid as usize].take() {
+                    if phase.measuring.load(Ordering::Relaxed) {
+                        res.acked += 1;
+                        res.lat_us.push(t.elapsed().as_micros() as u32);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => bail!("{client_id} (rumqttc): {e}"),
+        }
+    }
+    feeder.abort();
+    let _ = client.try_disconnect();
+    Ok(res)
+}
+
+#[derive(Clone, Copy)]
+enum Gen {
+    Raw,
+    Rumqttc,
+}
+
 struct LoadResult {
     msgs_per_s: f64,
     p50_ms: f64,
@@ -260,22 +315,42 @@ struct LoadResult {
     io: Option<String>,
 }
 
-/// `conns` connections at `addr`: 1 s warm-up, then `secs` measured.
+/// One broker under load: where it listens, how to load it, what to sample besides us.
+struct Target<'a> {
+    addr: SocketAddr,
+    gen: Gen,
+    /// A broker in its own process (Mosquitto), for its CPU time.
+    pid: Option<u32>,
+    /// ferry's store, for its I/O counters.
+    store: Option<&'a Store>,
+}
+
+/// `conns` connections at the target: 1 s warm-up, then `secs` measured.
 fn run_load(
     rt: &tokio::runtime::Runtime,
-    addr: SocketAddr,
+    t: &Target<'_>,
     conns: usize,
     secs: f64,
     tag: &str,
-    broker_pid: Option<u32>,
-    store: Option<&Store>,
 ) -> Result<LoadResult> {
+    let Target {
+        addr,
+        gen,
+        pid: broker_pid,
+        store,
+    } = *t;
     let phase = Arc::new(Phase {
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     });
     let tasks: Vec<_> = (0..conns)
-        .map(|i| rt.spawn(publisher(addr, format!("{tag}-{conns}-{i}"), phase.clone())))
+        .map(|i| {
+            let id = format!("{tag}-{conns}-{i}");
+            match gen {
+                Gen::Raw => rt.spawn(publisher(addr, id, phase.clone())),
+                Gen::Rumqttc => rt.spawn(rumqttc_publisher(addr, id, phase.clone())),
+            }
+        })
         .collect();
     std::thread::sleep(WARMUP);
     let cpu0 = Cpu::sample(broker_pid);
@@ -789,7 +864,7 @@ fn main() -> Result<()> {
     let sync_a1 = fdatasync_probe(work.path(), 3.0, true)?;
     let sync_o1 = fdatasync_probe(work.path(), 2.0, false)?;
 
-    let gen = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("loadgen")
@@ -827,6 +902,7 @@ fn main() -> Result<()> {
     let mut brokers = vec![
         "null acker",
         "rumqttd",
+        "rumqttd, rumqttc client",
         "mosquitto",
         "ferry",
         "ferry (fan-out off)",
@@ -856,9 +932,14 @@ fn main() -> Result<()> {
             order.reverse();
         }
         for &broker in &order {
+            let gen = if broker.contains("rumqttc") {
+                Gen::Rumqttc
+            } else {
+                Gen::Raw
+            };
             let (addr, pid, store) = match broker {
                 "null acker" => (null, None, None),
-                "rumqttd" => (rumqttd, None, None),
+                "rumqttd" | "rumqttd, rumqttc client" => (rumqttd, None, None),
                 "mosquitto" => (mosq.addr, Some(mosq.child.id()), None),
                 "ferry" => (ferry_fo.addr, None, Some(&ferry_fo.store)),
                 "ferry (fan-out off)" => (ferry_nf.addr, None, Some(&ferry_nf.store)),
@@ -867,8 +948,14 @@ fn main() -> Result<()> {
                     None => bail!("no broker named {broker}"),
                 },
             };
-            let tag = broker.split(' ').next().unwrap_or("b");
-            let r = run_load(&gen, addr, n, secs, tag, pid, store)
+            let tag: String = broker.chars().filter(char::is_ascii_alphanumeric).collect();
+            let target = Target {
+                addr,
+                gen,
+                pid,
+                store,
+            };
+            let r = run_load(&rt, &target, n, secs, &tag)
                 .with_context(|| format!("{broker}, {n} connections"))?;
             let note = r.io.clone().unwrap_or_default();
             eprintln!(
