@@ -38,7 +38,9 @@
 //! per message. Throughput counts PUBACKs received inside the measured window. All
 //! connections share one 2-thread tokio runtime.
 //!
-//! fdatasync: 4 KiB `write` + `fdatasync` in a loop on a file in `FERRY_BENCH_DIR`, once
+//! fdatasync: 4 KiB `write` + `fdatasync` in a loop on a file in `FERRY_BENCH_DIR`, for 1.5 s
+//! just before each ferry row (the goal "p99 ≤ 3x fdatasync p99" is judged against that: the
+//! shared virtual disk drifts 10x within minutes), and for longer, once
 //! appending (the file grows, as the store's segments do) and once overwriting the first
 //! 4 KiB, before and after the broker rows.
 //!
@@ -922,6 +924,9 @@ fn main() -> Result<()> {
         conns: usize,
         r: LoadResult,
         note: String,
+        /// For ferry rows: the disk's fdatasync latency probed just before the row, because
+        /// on a shared virtual disk it drifts by 10x within minutes.
+        sync: Option<SyncLat>,
     }
     let mut rows: Vec<Row> = Vec::new();
     for (i, &n) in conns.iter().enumerate() {
@@ -955,6 +960,10 @@ fn main() -> Result<()> {
                 pid,
                 store,
             };
+            let sync = match store {
+                Some(_) => Some(fdatasync_probe(work.path(), 1.5, true)?),
+                None => None,
+            };
             let r = run_load(&rt, &target, n, secs, &tag)
                 .with_context(|| format!("{broker}, {n} connections"))?;
             let note = r.io.clone().unwrap_or_default();
@@ -971,6 +980,7 @@ fn main() -> Result<()> {
                 conns: n,
                 r,
                 note,
+                sync,
             });
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -983,7 +993,10 @@ fn main() -> Result<()> {
     let sync_a2 = fdatasync_probe(work.path(), 3.0, true)?;
     let sync_o2 = fdatasync_probe(work.path(), 2.0, false)?;
     let load_end = loadavg();
-    let sync_p99 = sync_a1.p99_ms.max(sync_a2.p99_ms);
+    let sync_p99 = rows
+        .iter()
+        .filter_map(|r| r.sync.as_ref().map(|s| s.p99_ms))
+        .fold(sync_a1.p99_ms.max(sync_a2.p99_ms), f64::max);
 
     rows.sort_by_key(|r| (r.conns, brokers.iter().position(|b| *b == r.broker)));
     let mut out = std::io::stdout().lock();
@@ -1003,24 +1016,27 @@ fn main() -> Result<()> {
         )?;
     }
     writeln!(out)?;
-    writeln!(out, "| connections | ferry / rumqttd (goal ≥ 0.5) | ferry / mosquitto (goal ≥ 1.5) | ferry p99 / fdatasync p99 (goal ≤ 3) | ferry store I/O over the window |")?;
-    writeln!(out, "|---|---|---|---|---|")?;
+    writeln!(out, "| connections | ferry / rumqttd (goal ≥ 0.5) | ferry / mosquitto (goal ≥ 1.5) | ferry p99 / fdatasync p99 just before (goal ≤ 3) | ferry p99 / worst fdatasync p99 of the run | ferry store I/O over the window |")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
     let get = |b: &str, n: usize| rows.iter().find(|r| r.broker == b && r.conns == n);
     for &n in &conns {
         if let (Some(f), Some(r), Some(m)) =
             (get("ferry", n), get("rumqttd", n), get("mosquitto", n))
         {
             let ok = |c: bool| if c { "" } else { " **missed**" };
-            let (a, b, c) = (
+            let (a, b, d) = (
                 f.r.msgs_per_s / r.r.msgs_per_s,
                 f.r.msgs_per_s / m.r.msgs_per_s,
                 f.r.p99_ms / sync_p99,
             );
+            let near = f.sync.as_ref().map_or(f64::NAN, |s| s.p99_ms);
+            let c = f.r.p99_ms / near;
             writeln!(
                 out,
-                "| {n} | {a:.2}{} | {b:.2}{} | {c:.2}{} | {} |",
+                "| {n} | {a:.2}{} | {b:.2}{} | {c:.2} ({:.2} / {near:.2} ms){} | {d:.2} | {} |",
                 ok(a >= 0.5),
                 ok(b >= 1.5),
+                f.r.p99_ms,
                 ok(c <= 3.0),
                 f.note
             )?;
@@ -1047,7 +1063,7 @@ fn main() -> Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "fdatasync p99 used for the goal: {sync_p99:.2} ms (worse of the two append probes). Load average: {load_start} at start, {load_end} at end. Run took {:.0} s.",
+        "worst append fdatasync p99 of the run (probes before and after all rows and before each ferry row): {sync_p99:.2} ms. Load average: {load_start} at start, {load_end} at end. Run took {:.0} s.",
         (chrono::Utc::now() - started).num_seconds()
     )?;
     Ok(())
