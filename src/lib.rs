@@ -11,7 +11,12 @@
 //!
 //!  config: what every stage is told     control + cli: what the operator sees and steers
 //!  telemetry: logs, metrics, systemd notify
+//!  runtime: `ferry run` — start-up order, signals, reload, shutdown
 //! ```
+//!
+//! Start reading at [`runtime`] (how the daemon is assembled), then follow a message:
+//! [`ingest`] → [`store`] → [`forward`]. `docs/storage.md` and `docs/semantics.md` hold the
+//! on-disk format and the delivery semantics.
 //!
 //! The durability contract: a message is acknowledged to a device only after the group
 //! commit that contains it was written and `fdatasync`'d ([`store`]); it leaves the store

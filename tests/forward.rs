@@ -1207,3 +1207,97 @@ async fn priority_with_minimum_share() {
     assert_eq!(h.status().dead_lettered, 0);
     drop(mock);
 }
+
+/// Connectivity windows through the real forwarder, with an injectable clock: with the wall
+/// clock outside "Mon-Fri 22:00-06:00" nothing is sent (the link stays idle, the backlog
+/// waits); moving the clock into the window sends everything; moving it out again stops new
+/// records from going out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_closed_sends_nothing_until_the_clock_enters_it() {
+    use ferry::forward::clock::{Clock, ManualClock};
+    use ferry::forward::policy::Configured;
+    use ferry::forward::schedule::{ClassPolicy, Scheduler};
+    use ferry::forward::throttle::{Throttle, Throttles};
+    use ferry::forward::window::{Schedule, Windows};
+    use std::sync::Arc;
+
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ferry.telemetry", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = telemetry_store(dir.path());
+    for i in 0..50u64 {
+        append(&store, 0, record("a", "c", i, format!("m{i}"))).await;
+    }
+    // Wednesday 2026-11-18 12:00 local: outside the night window.
+    let clock = ManualClock::at(2026, 11, 18, 12, 0, 0);
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let now = shared.now();
+    let policy = Configured::new(
+        shared,
+        Windows::new(Schedule::parse("Mon-Fri 22:00-06:00").unwrap()),
+        Scheduler::new(vec![ClassPolicy {
+            name: "telemetry".into(),
+            priority: 0,
+            min_share: 0.0,
+        }])
+        .unwrap(),
+        Throttles::new(Throttle::unlimited(&now), vec![]),
+    );
+    let dl = DeadLetters::open(dir.path()).unwrap();
+    let (fwd, h) = Forwarder::new(
+        store.clone(),
+        dl,
+        test_opts(&mock.bootstrap_servers()),
+        Box::new(policy),
+    )
+    .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(fwd.run(async move {
+        let _ = rx.await;
+    }));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = h.status();
+    assert!(!st.window_open, "{st:?}");
+    assert_eq!(st.sent_records, 0, "nothing is sent outside the window");
+    assert_eq!(store.acked(0).seq, 0);
+    assert!(
+        st.window_next_change_ms.is_some(),
+        "status says when it opens"
+    );
+
+    // 22:30 the same evening: inside the window.
+    clock.set_local(
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 18)
+            .unwrap()
+            .and_hms_opt(22, 30, 0)
+            .unwrap(),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || store.acked(0).seq == 50).await,
+        "{:?}",
+        h.status()
+    );
+    assert!(h.status().window_open);
+
+    // 06:30 the next morning: closed again; new records wait.
+    clock.set_local(
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 19)
+            .unwrap()
+            .and_hms_opt(6, 30, 0)
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 50..60u64 {
+        append(&store, 0, record("a", "c", i, format!("m{i}"))).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.acked(0).seq,
+        50,
+        "closed window: the new records wait"
+    );
+    assert!(!h.status().window_open);
+    let _ = stop.send(());
+    task.await.unwrap();
+}

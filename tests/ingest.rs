@@ -112,7 +112,12 @@ async fn v5_properties_aliases_and_classes() {
     assert_eq!(p.retain_available, Some(1));
 
     let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
-        user_properties: vec![("unit".into(), "C".into()), ("site".into(), "b".into())],
+        // `ferry.*` properties are reserved (an imported record's origin id): stripped.
+        user_properties: vec![
+            ("unit".into(), "C".into()),
+            ("ferry.origin.seq".into(), "spoofed/telemetry/1".into()),
+            ("site".into(), "b".into()),
+        ],
         content_type: Some("application/json".into()),
         topic_alias: Some(3),
         ..Default::default()

@@ -47,7 +47,7 @@ pub const EXIT_CONFIG: u8 = 78;
     name = "ferry",
     version,
     about = "Edge store-and-forward buffer: durable MQTT ingest, per-class disk log, prioritized Kafka forwarding",
-    after_help = "Examples:\n  ferry run                               run the daemon with /etc/ferry/ferry.toml\n  ferry config check ./ferry.toml         validate a config and print the effective one\n  ferry passwd --user plc-7               hash a password for a [[mqtt.user]] entry\n  ferry version --json                    build information for a bug report"
+    after_help = "Examples:\n  ferry run                               run the daemon with /etc/ferry/ferry.toml\n  ferry config check ./ferry.toml         validate a config and print the effective one\n  ferry passwd --user plc-7               hash a password for a [[mqtt.user]] entry\n  ferry version --json                    build information for a bug report\n  ferry status --watch                    link, windows, backlog per class, ETA\n  ferry peek --class critical --limit 5   look at waiting records\n  ferry drain --for 30m                   send now, whatever the windows say"
 )]
 pub struct Cli {
     /// Path of the config file.

@@ -44,9 +44,10 @@ just past the cut-off may stay. Asks for confirmation on a terminal unless
 pub const RELOAD_HELP: &str = "\
 Examples:
   ferry reload                     same as `systemctl reload ferry` (SIGHUP)
-Classification rules, mappings, throttle, windows, users and ACLs change
-without a restart; a change that needs one (listen address, data directory,
-class removal) is refused and the running config stays.";
+Classification rules, users and ACLs change without a restart and without
+dropping connections. Any other change (classes, [forward] windows and
+throttle, [kafka], mappings, listen addresses, data directory) is refused with
+the list of what needs `systemctl restart ferry`; the running config stays.";
 
 #[derive(Debug, Args)]
 pub struct PauseArgs {

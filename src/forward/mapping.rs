@@ -314,10 +314,16 @@ impl Mapper {
         headers.push(("mqtt.client_id".into(), rec.client_id.as_bytes().to_vec()));
         headers.push(("ferry.gateway".into(), self.gateway.as_bytes().to_vec()));
         headers.push(("ferry.class".into(), cm.name.as_bytes().to_vec()));
-        headers.push((
-            "ferry.seq".into(),
-            format!("{}/{}/{}", self.gateway, cm.name, stored.seq).into_bytes(),
-        ));
+        // An imported record (`ferry import`) keeps the id it had at its origin gateway, so
+        // the same message moved on removable media and sent twice deduplicates downstream.
+        // Devices cannot set `ferry.*` properties (ingest strips them).
+        let id = rec
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == crate::control::transfer::ORIGIN_PROPERTY)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| format!("{}/{}/{}", self.gateway, cm.name, stored.seq));
+        headers.push(("ferry.seq".into(), id.into_bytes()));
         headers.push((
             "ferry.received_at".into(),
             rec.timestamp_ms.to_string().into_bytes(),
@@ -407,6 +413,18 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn imported_record_keeps_its_origin_id() {
+        let m = mapper();
+        let mut st = stored("site/line1/temp");
+        st.record
+            .user_properties
+            .push(("ferry.origin.seq".into(), "site-b/telemetry/7".into()));
+        let r = m.map(0, &st).unwrap();
+        let id = r.headers.iter().find(|(k, _)| k == "ferry.seq").unwrap();
+        assert_eq!(id.1, b"site-b/telemetry/7");
     }
 
     #[test]

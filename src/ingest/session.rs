@@ -721,7 +721,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
 
         let (user_properties, content_type) = match props {
-            Some(p) => (p.user_properties, p.content_type),
+            Some(p) => (without_reserved(p.user_properties), p.content_type),
             None => (Vec::new(), None),
         };
         let fanout = shared
@@ -1018,7 +1018,7 @@ fn store_will_message(
         return;
     };
     let (user_properties, content_type) = match props {
-        Some(p) => (p.user_properties, p.content_type),
+        Some(p) => (without_reserved(p.user_properties), p.content_type),
         None => (Vec::new(), None),
     };
     let class = shared.classifier.load().classify(&topic);
@@ -1076,4 +1076,14 @@ fn packet_name(p: &Packet) -> &'static str {
         Packet::UnsubAck(..) => "UNSUBACK",
         Packet::Disconnect(..) => "DISCONNECT",
     }
+}
+
+/// User properties named `ferry.*` are ferry's own (e.g. `ferry.origin.seq`, which becomes the
+/// Kafka `ferry.seq` id of an imported record): a device must not be able to set them, or it
+/// could make downstream deduplication drop other records.
+fn without_reserved(props: Vec<(String, String)>) -> Vec<(String, String)> {
+    props
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("ferry."))
+        .collect()
 }

@@ -921,17 +921,7 @@ impl Writer {
         earlier: &mut [FrameWritten],
     ) -> std::result::Result<FrameWritten, (StoreError, Vec<oneshot::Sender<Result<u64>>>)> {
         let c = self.classes[class].clone();
-        // Sequence and logical offset continue after the frames already written in this commit.
-        let (first_seq, logical_start) = match earlier.last() {
-            Some(f) => (
-                f.header.end_seq(),
-                f.header.logical_start + f.header.raw_len as u64,
-            ),
-            None => {
-                let inner = c.inner.lock();
-                (inner.end_seq(), inner.logical_end())
-            }
-        };
+        let (first_seq, logical_start) = next_position(&c, earlier);
         self.body.clear();
         let mut max_ts = 0;
         let mut tickets = Vec::with_capacity(pend.len());
@@ -1073,16 +1063,7 @@ impl Writer {
         for f in earlier.iter_mut() {
             f.synced = true;
         }
-        let (first, logical) = match earlier.last() {
-            Some(f) => (
-                f.header.end_seq(),
-                f.header.logical_start + f.header.raw_len as u64,
-            ),
-            None => {
-                let inner = c.inner.lock();
-                (inner.end_seq(), inner.logical_end())
-            }
-        };
+        let (first, logical) = next_position(&c, earlier);
         let a = ActiveSegment::create(&c.dir, first, logical)?;
         let meta = empty_meta(&a.path, first, logical);
         c.disk_bytes.fetch_add(a.len, Ordering::Relaxed);
@@ -1179,6 +1160,21 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// Where the next frame of a class starts (sequence, cumulative logical bytes): after the
+/// frames already written in this commit, else after the class's durable end.
+fn next_position(c: &ClassShared, earlier: &[FrameWritten]) -> (u64, u64) {
+    match earlier.last() {
+        Some(f) => (
+            f.header.end_seq(),
+            f.header.logical_start + f.header.raw_len as u64,
+        ),
+        None => {
+            let inner = c.inner.lock();
+            (inner.end_seq(), inner.logical_end())
+        }
     }
 }
 
