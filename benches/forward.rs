@@ -595,9 +595,13 @@ fn part_drain(args: &Args) {
         &names[1..],
     );
     let mut max_inflight = 0u64;
+    let (mut sum_inflight, mut samples_inflight) = (0u64, 0u64);
     while store.acked(0).seq < n {
         std::thread::sleep(Duration::from_millis(5));
-        max_inflight = max_inflight.max(fwd.handle.status().in_flight_bytes);
+        let f = fwd.handle.status().in_flight_bytes;
+        max_inflight = max_inflight.max(f);
+        sum_inflight += f;
+        samples_inflight += 1;
         assert!(t0.elapsed() < Duration::from_secs(600), "ferry drain stuck");
     }
     let ferry_secs = t0.elapsed().as_secs_f64();
@@ -647,15 +651,16 @@ fn part_drain(args: &Args) {
         wire_bytes as f64 / 1e6,
         st.disk_bytes as f64 / 1e6
     );
-    println!("| run | seconds | msg/s | payload MB/s | record MB/s | network MB/s (zstd, librdkafka tx_bytes) | CPU s (bench process) | CPU s (broker) | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| run | seconds | msg/s | payload MB/s | record MB/s | network MB/s (zstd, librdkafka tx_bytes) | CPU s (bench process) | CPU µs/record (bench process) | CPU s (broker) | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let row = |name: &str, secs: f64, cpu: f64, bcpu: f64, net: Option<i64>, failed: u64| {
         println!(
-            "| {name} | {secs:.2} | {} | {:.1} | {:.1} | {} | {cpu:.1} | {bcpu:.1} | {failed} |",
+            "| {name} | {secs:.2} | {} | {:.1} | {:.1} | {} | {cpu:.1} | {:.2} | {bcpu:.1} | {failed} |",
             fmt_int(rate(secs) as u64),
             payload_bytes as f64 / 1e6 / secs,
             wire_bytes as f64 / 1e6 / secs,
             net.map_or("—".to_string(), |b| format!("{:.1}", b as f64 / 1e6 / secs)),
+            cpu * 1e6 / n as f64,
         )
     };
     row(
@@ -702,13 +707,14 @@ fn part_drain(args: &Args) {
         plain_best / ferry_secs
     );
     println!(
-        "\nferry details: sent {} records ({} re-sent), sent_bytes {:.1} MB, acked {}, producer resets {}, peak in-flight {:.1} MiB of the 16 MiB limit; \
+        "\nferry details: sent {} records ({} re-sent), sent_bytes {:.1} MB, acked {}, producer resets {}, in flight (5 ms samples) mean {:.1} MiB / peak {:.1} MiB of the 16 MiB limit; \
          read+map alone (one thread, same store, page cache warm): {:.2} s = {:.2} µs/record (store read {:.2} s of it).",
         fmt_int(s.sent_records),
         fmt_int(s.resent_records),
         s.sent_bytes as f64 / 1e6,
         fmt_int(s.acked_records),
         s.producer_resets,
+        sum_inflight as f64 / samples_inflight.max(1) as f64 / MIB,
         max_inflight as f64 / MIB,
         read_map_secs,
         read_map_secs * 1e6 / n as f64,
@@ -906,6 +912,7 @@ fn part_rss_drain(args: &Args) {
     let dir = PathBuf::from(args.get("--dir").expect("--dir"));
     let limit = Duration::from_secs(args.num("--rss-secs", 240));
     let broker_limit_kb = args.num("--broker-max-gb", 7) << 20;
+    let inflight_mib = args.num("--inflight-mib", 16);
     let broker = Tansu::start();
     broker.create_topic("ferry.bulk", PARTITIONS);
     let rss_open0 = status_kb(None, "VmRSS:");
@@ -914,13 +921,9 @@ fn part_rss_drain(args: &Args) {
     let rt = runtime();
     let rss_start = status_kb(None, "VmRSS:");
     let t0 = Instant::now();
-    let fwd = spawn_forwarder(
-        &rt,
-        &store,
-        &dir,
-        forwarder_opts(&broker.bootstrap(), "ferry.bulk"),
-        Box::new(Unlimited),
-    );
+    let mut opts = forwarder_opts(&broker.bootstrap(), "ferry.bulk");
+    opts.max_in_flight_bytes = (inflight_mib as usize) << 20;
+    let fwd = spawn_forwarder(&rt, &store, &dir, opts, Box::new(Unlimited));
     let mut samples: Vec<(f64, u64, u64, u64)> = Vec::new(); // t, rss KiB, acked logical, broker KiB
     let why;
     loop {
@@ -961,6 +964,10 @@ fn part_rss_drain(args: &Args) {
     };
     let broker_peak = samples.iter().map(|s| s.3).max().unwrap_or(0);
     let drained = acked.logical_end as f64 / 1e9;
+    println!(
+        "\nDrain by a fresh process, Unlimited policy, zstd, `max_in_flight_bytes` = {inflight_mib} MiB{}:",
+        if inflight_mib == 16 { " (the default)" } else { " (diagnostic: how RSS scales with the in-flight limit)" }
+    );
     println!(
         "\n| measure | value | goal |\n|---|---|---|\n\
          | RSS before opening the store / after opening it and creating the runtime | {:.1} / {:.1} MiB | — |\n\
@@ -1052,10 +1059,24 @@ fn main() {
         let dir = bench_dir();
         let d = dir.path().display().to_string();
         println!("\n### RSS while draining a large backlog\n");
-        let mut e = extra.clone();
-        e.extend(["--dir".to_string(), d]);
+        let mut e = vec!["--dir".to_string(), d];
+        e.extend(extra.iter().cloned());
         child("rss-build", &e);
         child("rss-drain", &e);
+        drop(dir);
+        // The same drain with a smaller in-flight limit, on a smaller backlog: what part of
+        // the RSS scales with the records held in flight.
+        if !args.raw.iter().any(|a| a == "--no-variants") {
+            let dir = bench_dir();
+            let d = dir.path().display().to_string();
+            let mut e: Vec<String> = ["--dir", &d, "--rss-gb", "2", "--inflight-mib", "4"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            e.extend(extra.iter().cloned());
+            child("rss-build", &e);
+            child("rss-drain", &e);
+        }
         println!("\n- load after the RSS part: `{}`", sh("uptime"));
     }
     println!("\nTotal bench time {:.0} s.", t0.elapsed().as_secs_f64());
