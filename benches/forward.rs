@@ -233,6 +233,15 @@ fn self_cpu() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Context switches (voluntary + involuntary) of this process, all threads: how often its
+/// threads went to sleep and were woken (or were preempted).
+fn self_csw() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    (ru.ru_nvcsw + ru.ru_nivcsw) as u64
+}
+
 /// CPU seconds (user + system) of another process, from /proc/PID/stat.
 fn proc_cpu(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -440,6 +449,7 @@ impl ProducerContext for Ctx {
 
 struct PlainRun {
     secs: f64,
+    csw: u64,
     cpu: f64,
     broker_cpu: f64,
     failed: u64,
@@ -457,7 +467,7 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
         tx_bytes: AtomicI64::new(0),
     });
     let p: ThreadedProducer<Ctx> = cfg.create_with_context(Ctx(ctx.clone())).unwrap();
-    let (cpu0, bcpu0) = (self_cpu(), proc_cpu(broker_pid));
+    let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker_pid), self_csw());
     let t0 = Instant::now();
     for r in recs {
         loop {
@@ -494,10 +504,12 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
     }
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, broker_cpu) = (self_cpu() - cpu0, proc_cpu(broker_pid) - bcpu0);
+    let csw = self_csw() - csw0;
     // One more statistics interval, so tx_bytes covers the whole run.
     std::thread::sleep(Duration::from_millis(1200));
     PlainRun {
         secs,
+        csw,
         cpu,
         broker_cpu,
         failed: ctx.failed.load(Ordering::Relaxed),
@@ -510,6 +522,9 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
 
 fn part_drain(args: &Args) {
     let n = args.num("--messages", 1_000_000);
+    if args.raw.iter().any(|a| a == "--ferry-only") {
+        return ferry_only(n);
+    }
     // Diagnostic runs of the same forwarder with a larger in-flight limit (ForwarderOptions
     // only; src/ unchanged), each on its own class holding the same records.
     let variants: Vec<(&str, usize)> = if args.raw.iter().any(|a| a == "--no-variants") {
@@ -569,7 +584,7 @@ fn part_drain(args: &Args) {
     eprintln!("drain: plain #1 {:.2} s", plain1.secs);
 
     let rt = runtime();
-    let (cpu0, bcpu0) = (self_cpu(), proc_cpu(broker.pid()));
+    let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
     let t0 = Instant::now();
     let variant_opts = |topic: &str| {
         let mut o = forwarder_opts(&broker.bootstrap(), topic);
@@ -606,6 +621,7 @@ fn part_drain(args: &Args) {
     }
     let ferry_secs = t0.elapsed().as_secs_f64();
     let (ferry_cpu, ferry_bcpu) = (self_cpu() - cpu0, proc_cpu(broker.pid()) - bcpu0);
+    let ferry_csw = self_csw() - csw0;
     let report = fwd.stop(&rt);
     let s = &report.status;
     eprintln!("drain: ferry {ferry_secs:.2} s");
@@ -623,7 +639,7 @@ fn part_drain(args: &Args) {
         let mut o = variant_opts("");
         o.max_in_flight_bytes = *limit;
         let others: Vec<&str> = names.iter().copied().filter(|c| c != v).collect();
-        let (cpu0, bcpu0) = (self_cpu(), proc_cpu(broker.pid()));
+        let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
         let t0 = Instant::now();
         let fwd = spawn_forwarder_paused(&rt, &store, dir.path(), o, Box::new(Unlimited), &others);
         let mut peak = 0u64;
@@ -634,9 +650,19 @@ fn part_drain(args: &Args) {
         }
         let secs = t0.elapsed().as_secs_f64();
         let (cpu, bcpu) = (self_cpu() - cpu0, proc_cpu(broker.pid()) - bcpu0);
+        let csw = self_csw() - csw0;
         let rep = fwd.stop(&rt);
         eprintln!("drain: ferry {v} {secs:.2} s");
-        variant_rows.push((*v, *limit, secs, cpu, bcpu, peak, rep.status.dead_lettered));
+        variant_rows.push((
+            *v,
+            *limit,
+            secs,
+            cpu,
+            bcpu,
+            csw,
+            peak,
+            rep.status.dead_lettered,
+        ));
     }
 
     let rate = |secs: f64| n as f64 / secs;
@@ -651,16 +677,23 @@ fn part_drain(args: &Args) {
         wire_bytes as f64 / 1e6,
         st.disk_bytes as f64 / 1e6
     );
-    println!("| run | seconds | msg/s | payload MB/s | record MB/s | network MB/s (zstd, librdkafka tx_bytes) | CPU s (bench process) | CPU µs/record (bench process) | CPU s (broker) | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let row = |name: &str, secs: f64, cpu: f64, bcpu: f64, net: Option<i64>, failed: u64| {
+    println!("| run | seconds | msg/s | payload MB/s | record MB/s | network MB/s (zstd, librdkafka tx_bytes) | CPU s (bench process) | CPU µs/record (bench process) | context switches per 1000 records (bench process) | CPU s (broker) | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let row = |name: &str,
+               secs: f64,
+               cpu: f64,
+               bcpu: f64,
+               csw: u64,
+               net: Option<i64>,
+               failed: u64| {
         println!(
-            "| {name} | {secs:.2} | {} | {:.1} | {:.1} | {} | {cpu:.1} | {:.2} | {bcpu:.1} | {failed} |",
+            "| {name} | {secs:.2} | {} | {:.1} | {:.1} | {} | {cpu:.1} | {:.2} | {:.0} | {bcpu:.1} | {failed} |",
             fmt_int(rate(secs) as u64),
             payload_bytes as f64 / 1e6 / secs,
             wire_bytes as f64 / 1e6 / secs,
             net.map_or("—".to_string(), |b| format!("{:.1}", b as f64 / 1e6 / secs)),
             cpu * 1e6 / n as f64,
+            csw as f64 * 1000.0 / n as f64,
         )
     };
     row(
@@ -668,6 +701,7 @@ fn part_drain(args: &Args) {
         plain1.secs,
         plain1.cpu,
         plain1.broker_cpu,
+        plain1.csw,
         Some(plain1.net_bytes),
         plain1.failed,
     );
@@ -676,6 +710,7 @@ fn part_drain(args: &Args) {
         ferry_secs,
         ferry_cpu,
         ferry_bcpu,
+        ferry_csw,
         None,
         s.dead_lettered,
     );
@@ -684,10 +719,11 @@ fn part_drain(args: &Args) {
         plain2.secs,
         plain2.cpu,
         plain2.broker_cpu,
+        plain2.csw,
         Some(plain2.net_bytes),
         plain2.failed,
     );
-    for (v, limit, secs, cpu, bcpu, peak, dl) in &variant_rows {
+    for (v, limit, secs, cpu, bcpu, csw, peak, dl) in &variant_rows {
         row(
             &format!(
                 "ferry, max_in_flight_bytes = {} MiB (diagnostic `{v}`; peak in flight {:.1} MiB)",
@@ -697,6 +733,7 @@ fn part_drain(args: &Args) {
             *secs,
             *cpu,
             *bcpu,
+            *csw,
             None,
             *dl,
         );
@@ -719,6 +756,39 @@ fn part_drain(args: &Args) {
         read_map_secs,
         read_map_secs * 1e6 / n as f64,
         read_secs
+    );
+    store.close().unwrap();
+}
+
+/// Only the forwarder's drain, for profiling (`perf record ... --part drain --ferry-only`):
+/// the threads are then the forwarder's (tokio workers), librdkafka's and the store's.
+fn ferry_only(n: u64) {
+    let broker = Tansu::start();
+    broker.create_topic("ferry.telemetry", PARTITIONS);
+    let dir = bench_dir();
+    let store = open_store(dir.path());
+    fill(&store, n, telemetry);
+    let rt = runtime();
+    let (cpu0, csw0, t0) = (self_cpu(), self_csw(), Instant::now());
+    let fwd = spawn_forwarder(
+        &rt,
+        &store,
+        dir.path(),
+        forwarder_opts(&broker.bootstrap(), "ferry.telemetry"),
+        Box::new(Unlimited),
+    );
+    while store.acked(0).seq < n {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = self_cpu() - cpu0;
+    let csw = self_csw() - csw0;
+    fwd.stop(&rt);
+    println!(
+        "ferry only: {n} records in {secs:.2} s = {:.0} msg/s, CPU {cpu:.2} s = {:.2} µs/record, {:.0} context switches per 1000 records",
+        n as f64 / secs,
+        cpu * 1e6 / n as f64,
+        csw as f64 * 1000.0 / n as f64
     );
     store.close().unwrap();
 }
