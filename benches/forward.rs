@@ -586,8 +586,9 @@ fn part_drain(args: &Args) {
     let rt = runtime();
     let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
     let t0 = Instant::now();
-    let variant_opts = |topic: &str| {
-        let mut o = forwarder_opts(&broker.bootstrap(), topic);
+    // Every class mapped to its own topic (only the unpaused one sends).
+    let variant_opts = || {
+        let mut o = forwarder_opts(&broker.bootstrap(), "ferry.telemetry");
         o.mappings = names
             .iter()
             .map(|c| {
@@ -605,7 +606,7 @@ fn part_drain(args: &Args) {
         &rt,
         &store,
         dir.path(),
-        variant_opts("ferry.telemetry"),
+        variant_opts(),
         Box::new(Unlimited),
         &names[1..],
     );
@@ -636,7 +637,7 @@ fn part_drain(args: &Args) {
     let mut variant_rows = Vec::new();
     for (i, (v, limit)) in variants.iter().enumerate() {
         let class = i + 1;
-        let mut o = variant_opts("");
+        let mut o = variant_opts();
         o.max_in_flight_bytes = *limit;
         let others: Vec<&str> = names.iter().copied().filter(|c| c != v).collect();
         let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
@@ -1022,7 +1023,11 @@ fn part_rss_drain(args: &Args) {
     let acked = store.acked(0);
     store.close().unwrap();
     let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let after10: Vec<u64> = samples.iter().filter(|s| s.0 >= 10.0).map(|s| s.1).collect();
+    let after10: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.0 >= 10.0)
+        .map(|s| s.1)
+        .collect();
     let after10 = if after10.is_empty() {
         "— (drain shorter than 10 s)".to_string()
     } else {
@@ -1060,7 +1065,14 @@ fn part_rss_drain(args: &Args) {
     let series: Vec<String> = samples
         .iter()
         .step_by((samples.len() / 12).max(1))
-        .map(|s| format!("{:.0}s {:.1} MiB / {:.2} GB", s.0, s.1 as f64 / 1024.0, s.2 as f64 / 1e9))
+        .map(|s| {
+            format!(
+                "{:.0}s {:.1} MiB / {:.2} GB",
+                s.0,
+                s.1 as f64 / 1024.0,
+                s.2 as f64 / 1e9
+            )
+        })
         .collect();
     println!("\nRSS / drained over time: {}.", series.join(", "));
     println!(
@@ -1114,7 +1126,11 @@ fn main() {
     let run = |p: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == p));
     println!("## Forwarder benchmark run\n");
     println!("- date: {}", sh("date -u '+%Y-%m-%d %H:%M:%S UTC'"));
-    println!("- machine: {} cores, {}", sh("nproc"), sh("free -g | awk '/Mem:/ {print $2\" GiB RAM\"}'"));
+    println!(
+        "- machine: {} cores, {}",
+        sh("nproc"),
+        sh("free -g | awk '/Mem:/ {print $2\" GiB RAM\"}'")
+    );
     println!("- load at start: `{}`", sh("uptime"));
     let t0 = Instant::now();
     if run("drain") {
