@@ -610,3 +610,24 @@ fn reload_applies_live_settings_and_refuses_restart_ones() {
     );
     assert!(r.iter().any(|r| r.key == "kafka.properties"));
 }
+
+/// Inputs the config fuzzer found (fuzz/regressions/config/): a log level with non-breaking
+/// spaces made tracing-subscriber panic, a long span/field filter took minutes to parse. Both
+/// must be plain errors naming `log.level`, at once.
+#[test]
+fn fuzz_regressions_are_errors_not_panics() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions/config");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        let t0 = std::time::Instant::now();
+        let res = ferry::config::Config::from_str_with_name(&text, "regression.toml");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{}",
+            path.display()
+        );
+        let err = res.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("log.level"), "{}: {err}", path.display());
+    }
+}

@@ -449,7 +449,21 @@ impl Config {
         if self.metrics.enabled {
             check_addr(&mut f, "metrics.listen", &self.metrics.listen);
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        // tracing-subscriber's filter parser panics on some non-ASCII input and takes minutes
+        // on long span/field filters (found by fuzzing: fuzz/regressions/config/): only plain,
+        // short `target=level` directives are accepted here.
+        let level_ok = self.log.level.len() <= 256
+            && self
+                .log
+                .level
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_:=,-. ".contains(c));
+        if !level_ok {
+            f.error(
+                "log.level",
+                "expected a level like \"info\" or up to 256 characters of `target=level` directives like \"ferry=debug,rdkafka=warn\" (letters, digits, _ : = , - . only)",
+            );
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             f.error(
                 "log.level",
                 format!("`{}` is not a log filter ({e}); expected a level like \"info\" or directives like \"ferry=debug,rdkafka=warn\"", self.log.level),

@@ -99,10 +99,23 @@ impl Codec {
 
     /// Parses the first (complete, size-checked) frame of `buf`, consuming it.
     pub(crate) fn read(&mut self, buf: &mut BytesMut, max: usize) -> Result<Packet, CodecError> {
-        match self.version {
-            Version::V4 => self.v4.read_mut(buf, max),
-            Version::V5 => self.v5.read_mut(buf, max),
+        // Packets only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP) are refused
+        // before decoding: rumqttd 0.20's v5 decoder reaches `unreachable!()` on some of them
+        // (found by fuzzing, fuzz/regressions/mqtt_conn/).
+        if let Some(&first) = buf.first() {
+            let kind = first >> 4;
+            if matches!(kind, 2 | 9 | 11 | 13) {
+                return Err(CodecError::InvalidPacketType(kind));
+            }
         }
+        // Belt and braces: a panic inside the third-party decoder closes this connection
+        // as malformed instead of unwinding through the connection task.
+        let (v4, v5, version) = (&mut self.v4, &mut self.v5, self.version);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match version {
+            Version::V4 => v4.read_mut(buf, max),
+            Version::V5 => v5.read_mut(buf, max),
+        }))
+        .unwrap_or(Err(CodecError::InvalidPacketType(0)))
     }
 
     /// Appends `packet` to `out`. v3.1.1 packets must not carry properties (rumqttd's v4

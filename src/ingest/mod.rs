@@ -554,11 +554,19 @@ impl Server {
             let stop = stop_rx.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                session::accept(shared.clone(), socket, peer, next_id, stop, acceptor).await;
-                shared
-                    .metrics
-                    .connections_current
-                    .fetch_sub(1, Ordering::Relaxed);
+                // Decrement in a guard, so even a panicking session gives its slot back
+                // (otherwise max_connections would fill up with ghosts).
+                struct Slot(Arc<Shared>);
+                impl Drop for Slot {
+                    fn drop(&mut self) {
+                        self.0
+                            .metrics
+                            .connections_current
+                            .fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                let _slot = Slot(shared.clone());
+                session::accept(shared, socket, peer, next_id, stop, acceptor).await;
                 drop(done);
             });
         };

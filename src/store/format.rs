@@ -132,6 +132,12 @@ impl FrameHeader {
         if h.kind != KIND_RECORDS || h.codec > CODEC_ZSTD || h.count == 0 {
             return Err("frame kind/codec/count invalid".into());
         }
+        // A CRC-valid frame from a crafted or foreign file must not overflow sequence math.
+        if h.first_seq.checked_add(h.count as u64).is_none()
+            || h.logical_start.checked_add(h.raw_len as u64).is_none()
+        {
+            return Err("frame sequence or logical offset out of range".into());
+        }
         Ok(h)
     }
 
@@ -213,6 +219,14 @@ mod tests {
         assert!(h.verify(&out[..FRAME_HEADER_LEN], &out[FRAME_HEADER_LEN..]));
         out[FRAME_HEADER_LEN + 1] ^= 1;
         assert!(!h.verify(&out[..FRAME_HEADER_LEN], &out[FRAME_HEADER_LEN..]));
+    }
+
+    #[test]
+    fn frame_near_u64_max_is_damage_not_overflow() {
+        // Found by fuzzing (fuzz/regressions/store_segments/frame-end-seq-overflow).
+        let mut out = Vec::new();
+        encode_frame(&mut out, CODEC_RAW, u64::MAX - 1, 5, 5, 0, 0, b"hello");
+        assert!(FrameHeader::decode(&out).is_err());
     }
 
     #[test]

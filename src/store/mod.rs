@@ -159,15 +159,21 @@ impl DropCounts {
         }
     }
     pub(crate) fn add(&mut self, r: DropReason, n: u64) {
-        match r {
-            DropReason::MaxBytes => self.max_bytes += n,
-            DropReason::MaxAge => self.max_age += n,
-            DropReason::Purge => self.purge += n,
-            DropReason::Corrupt => self.corrupt += n,
-        }
+        // Saturating: a damaged directory (e.g. a segment named near u64::MAX after a gap)
+        // must not overflow a counter.
+        let c = match r {
+            DropReason::MaxBytes => &mut self.max_bytes,
+            DropReason::MaxAge => &mut self.max_age,
+            DropReason::Purge => &mut self.purge,
+            DropReason::Corrupt => &mut self.corrupt,
+        };
+        *c = c.saturating_add(n);
     }
     pub fn total(&self) -> u64 {
-        self.max_bytes + self.max_age + self.purge + self.corrupt
+        self.max_bytes
+            .saturating_add(self.max_age)
+            .saturating_add(self.purge)
+            .saturating_add(self.corrupt)
     }
 }
 
