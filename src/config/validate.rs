@@ -461,7 +461,7 @@ impl Config {
         if !level_ok {
             f.error(
                 "log.level",
-                "expected a level like \"info\" or up to 256 characters of `target=level` directives like \"ferry=debug,rdkafka=warn\" (letters, digits, _ : = , - . only)",
+                "is not a log filter: expected a level like \"info\" or up to 256 characters of `target=level` directives like \"ferry=debug,rdkafka=warn\" (letters, digits, _ : = , - . only)",
             );
         } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             f.error(
