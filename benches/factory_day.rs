@@ -402,8 +402,7 @@ async fn run_connection(
         let mut by_pkid: HashMap<u16, Msg> = HashMap::new();
         loop {
             // Bounded, so a quiet connection still notices `stop` (poll is cancel-safe).
-            let polled =
-                tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+            let polled = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
             let Ok(polled) = polled else {
                 if stop2.load(Ordering::Relaxed)
                     && by_pkid.is_empty()
@@ -443,9 +442,7 @@ async fn run_connection(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            if stop2.load(Ordering::Relaxed)
-                && by_pkid.is_empty()
-                && q2.lock().unwrap().is_empty()
+            if stop2.load(Ordering::Relaxed) && by_pkid.is_empty() && q2.lock().unwrap().is_empty()
             {
                 break;
             }
@@ -578,7 +575,11 @@ fn write_config(dir: &Path, bootstrap: &str, mqtt: u16, metrics: u16, rate: &str
     t = replace(t, "rate = \"unlimited\"", format!("rate = \"{rate}\""));
     // The machine this runs on may have little free disk; the default headroom is for a gateway.
     t = replace(t, "min_free = \"256MiB\"", "min_free = \"32MiB\"".into());
-    t = replace(t, "segment_size = \"64MiB\"", "segment_size = \"8MiB\"".into());
+    t = replace(
+        t,
+        "segment_size = \"64MiB\"",
+        "segment_size = \"8MiB\"".into(),
+    );
     let path = dir.join("ferry.toml");
     std::fs::write(&path, t).expect("write ferry.toml");
     path
@@ -661,10 +662,7 @@ fn clk_tck() -> f64 {
 
 /// CPU % of one core and (mean, max) RSS in MiB over the samples within [from, to).
 fn proc_summary(samples: &[(u64, u64, u64)], from: u64, to: u64) -> (f64, f64, f64) {
-    let s: Vec<_> = samples
-        .iter()
-        .filter(|x| x.0 >= from && x.0 < to)
-        .collect();
+    let s: Vec<_> = samples.iter().filter(|x| x.0 >= from && x.0 < to).collect();
     if s.len() < 2 {
         return (0.0, 0.0, 0.0);
     }
@@ -801,7 +799,10 @@ fn main() {
     let fwd_bytes_before = scrape(metrics, "ferry_forwarded_bytes_total{class=\"all\"}");
     let open_ms = now_ms();
     ferry_cli(&config, &["drain", "--for", "24h"]).expect("ferry drain --for 24h");
-    eprintln!("factory-day: window open after {:.1} s", secs(open_ms - t_start));
+    eprintln!(
+        "factory-day: window open after {:.1} s",
+        secs(open_ms - t_start)
+    );
 
     // Catch-up: watch until every message acknowledged before the window is delivered.
     let mut drained_at: [Option<u64>; 3] = [None; 3];
@@ -818,7 +819,9 @@ fn main() {
             let d = delivered.lock().unwrap();
             for c in 0..3 {
                 if drained_at[c].is_none()
-                    && acked_at_open[c].iter().all(|id| d.first[c].contains_key(id))
+                    && acked_at_open[c]
+                        .iter()
+                        .all(|id| d.first[c].contains_key(id))
                 {
                     drained_at[c] = Some(t);
                 }
@@ -851,7 +854,10 @@ fn main() {
             break;
         }
         if Instant::now() >= catchup_deadline {
-            eprintln!("factory-day: catch-up did not finish within {:?}", p.max_catchup);
+            eprintln!(
+                "factory-day: catch-up did not finish within {:?}",
+                p.max_catchup
+            );
             break;
         }
     }
@@ -942,7 +948,11 @@ fn main() {
         let v = drained_at[c].map_or("not drained".to_string(), |t| {
             format!("{:.1} s", secs(t - open_ms))
         });
-        let goal = if c == CRIT { "as soon as possible" } else { "—" };
+        let goal = if c == CRIT {
+            "as soon as possible"
+        } else {
+            "—"
+        };
         row(
             &format!("window open -> `{name}` backlog (acked before open) delivered"),
             v,
@@ -987,7 +997,15 @@ fn main() {
         "—",
     );
     let rate = parse_rate(&p.rate);
-    let catchup = secs(drained_at.iter().flatten().max().copied().unwrap_or(caught_up_ms) - open_ms);
+    let catchup = secs(
+        drained_at
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+            .unwrap_or(caught_up_ms)
+            - open_ms,
+    );
     let backlog_wire = st_open["classes"]
         .as_array()
         .map(|a| a.iter().filter_map(|c| c["bytes"].as_f64()).sum::<f64>())
@@ -1040,7 +1058,11 @@ fn main() {
     );
     let disk_open = st_open["classes"]
         .as_array()
-        .map(|a| a.iter().filter_map(|c| c["disk_bytes"].as_f64()).sum::<f64>())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["disk_bytes"].as_f64())
+                .sum::<f64>()
+        })
         .unwrap_or(0.0);
     row(
         "disk bytes at window open / payload bytes acknowledged by then",
@@ -1066,7 +1088,9 @@ fn main() {
     );
     for (c, name) in CLASSES.iter().enumerate() {
         let at_open = class_field(&st_open, name, "eta_secs")
-            .map_or("none (no drain rate yet)".to_string(), |e| format!("{e:.0} s"));
+            .map_or("none (no drain rate yet)".to_string(), |e| {
+                format!("{e:.0} s")
+            });
         let mut v = format!("at open: {at_open}");
         for (k, what) in ["first ETA", "first ETA after the rate window filled"]
             .iter()
@@ -1097,10 +1121,9 @@ fn main() {
             pb.errors,
             st_end
                 .as_ref()
-                .and_then(|s| s["classes"].as_array().map(|a| a
-                    .iter()
-                    .filter_map(|c| c["refused"].as_u64())
-                    .sum::<u64>()))
+                .and_then(|s| s["classes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|c| c["refused"].as_u64()).sum::<u64>()))
                 .unwrap_or(0)
         ),
         "0",
@@ -1131,7 +1154,10 @@ fn main() {
         report.push_str(&format!("| {m} | {v} | {g} |\n"));
     }
     if d.unparsable > 0 {
-        report.push_str(&format!("\n{} consumed records were not device JSON.\n", d.unparsable));
+        report.push_str(&format!(
+            "\n{} consumed records were not device JSON.\n",
+            d.unparsable
+        ));
     }
     println!("{report}");
     if let Some(out) = std::env::var_os("FACTORY_OUT") {
