@@ -31,8 +31,10 @@
 //! `FACTORY_TAIL_SECS`, `FACTORY_MAX_CATCHUP_SECS`, `FACTORY_SEED`, `FACTORY_DIR`,
 //! `FACTORY_OUT` (also write the report there), `FERRY_BIN` (default: this build's `ferry`).
 
+#![allow(clippy::type_complexity, clippy::needless_range_loop)]
+
+// tests/common/tansu.rs carries its own `#![allow(dead_code)]`.
 #[path = "../tests/common/tansu.rs"]
-#[allow(dead_code)]
 mod tansu;
 
 use std::collections::{HashMap, HashSet, VecDeque};
