@@ -20,32 +20,7 @@ struct Daemon {
 }
 
 fn write_config(dir: &Path, bootstrap: &str, mqtt: u16, metrics: u16) -> std::path::PathBuf {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ferry.toml")).unwrap();
-    let text = text
-        .replace(
-            "data_dir = \"/var/lib/ferry\"",
-            &format!("data_dir = \"{}\"", dir.join("data").display()),
-        )
-        .replace(
-            "listen = \"0.0.0.0:1883\"",
-            &format!("listen = \"127.0.0.1:{mqtt}\""),
-        )
-        .replace(
-            "listen = \"127.0.0.1:9464\"",
-            &format!("listen = \"127.0.0.1:{metrics}\""),
-        )
-        .replace(
-            "bootstrap_servers = \"127.0.0.1:9092\"",
-            &format!("bootstrap_servers = \"{bootstrap}\""),
-        )
-        .replace(
-            "socket = \"/run/ferry/ferry.sock\"",
-            &format!("socket = \"{}\"", dir.join("ferry.sock").display()),
-        );
-    let path = dir.join("ferry.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::daemon_config(dir, &dir.join("data"), bootstrap, mqtt, metrics, &[])
 }
 
 fn start(config: &Path, mqtt: u16, metrics: u16) -> Daemon {

@@ -103,61 +103,29 @@ fn free_bytes(path: &Path) -> u64 {
 }
 
 fn write_config(dir: &Path, data: &Path, bootstrap: &str, mqtt: u16, metrics: u16) -> PathBuf {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ferry.toml")).unwrap();
-    let replacements = [
-        (
-            "data_dir = \"/var/lib/ferry\"".to_string(),
-            format!("data_dir = \"{}\"", data.display()),
-        ),
-        (
-            "listen = \"0.0.0.0:1883\"".into(),
-            format!("listen = \"127.0.0.1:{mqtt}\""),
-        ),
-        (
-            "listen = \"127.0.0.1:9464\"".into(),
-            format!("listen = \"127.0.0.1:{metrics}\""),
-        ),
-        (
-            "bootstrap_servers = \"127.0.0.1:9092\"".into(),
-            format!("bootstrap_servers = \"{bootstrap}\""),
-        ),
-        (
-            "socket = \"/run/ferry/ferry.sock\"".into(),
-            format!("socket = \"{}\"", dir.join("ferry.sock").display()),
-        ),
-        // Segments small against the 24 MiB filesystem, so acknowledged ones are freed in
-        // small steps once the broker is back.
-        (
-            "segment_size = \"64MiB\"".into(),
-            "segment_size = \"256KiB\"".into(),
-        ),
-        (
-            "min_free = \"256MiB\"".into(),
-            format!("min_free = \"{}MiB\"", MIN_FREE >> 20),
-        ),
-        // Uncompressed, so the payload bytes are the disk bytes.
-        (
-            "compression_level = 3".into(),
-            "compression_level = 0".into(),
-        ),
-        // Reconnect to the broker quickly once it is back.
-        (
-            "backoff_max = \"60s\"".into(),
-            "backoff_max = \"1s\"".into(),
-        ),
-    ];
-    let mut text = text;
-    for (from, to) in replacements {
-        assert!(
-            text.contains(&from),
-            "config/ferry.toml no longer has {from}"
-        );
-        text = text.replace(&from, &to);
-    }
-    let path = dir.join("ferry.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::daemon_config(
+        dir,
+        data,
+        bootstrap,
+        mqtt,
+        metrics,
+        &[
+            // Segments small against the 24 MiB filesystem, so acknowledged ones are freed
+            // in small steps once the broker is back.
+            (
+                "segment_size = \"64MiB\"",
+                "segment_size = \"256KiB\"".into(),
+            ),
+            (
+                "min_free = \"256MiB\"",
+                format!("min_free = \"{}MiB\"", MIN_FREE >> 20),
+            ),
+            // Uncompressed, so the payload bytes are the disk bytes.
+            ("compression_level = 3", "compression_level = 0".into()),
+            // Reconnect to the broker quickly once it is back.
+            ("backoff_max = \"60s\"", "backoff_max = \"1s\"".into()),
+        ],
+    )
 }
 
 fn payload(n: usize) -> String {

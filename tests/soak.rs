@@ -50,58 +50,26 @@ fn cycles() -> usize {
 }
 
 fn write_config(dir: &Path, bootstrap: &str, mqtt: u16, metrics: u16) -> PathBuf {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ferry.toml")).unwrap();
-    let replacements = [
-        (
-            "data_dir = \"/var/lib/ferry\"".to_string(),
-            format!("data_dir = \"{}\"", dir.join("data").display()),
-        ),
-        (
-            "listen = \"0.0.0.0:1883\"".into(),
-            format!("listen = \"127.0.0.1:{mqtt}\""),
-        ),
-        (
-            "listen = \"127.0.0.1:9464\"".into(),
-            format!("listen = \"127.0.0.1:{metrics}\""),
-        ),
-        (
-            "bootstrap_servers = \"127.0.0.1:9092\"".into(),
-            format!("bootstrap_servers = \"{bootstrap}\""),
-        ),
-        (
-            "socket = \"/run/ferry/ferry.sock\"".into(),
-            format!("socket = \"{}\"", dir.join("ferry.sock").display()),
-        ),
-        // Small segments and no compression: rolls and ack-driven deletions happen every
-        // few hundred records, so random kills land in them too.
-        (
-            "segment_size = \"64MiB\"".into(),
-            "segment_size = \"64KiB\"".into(),
-        ),
-        (
-            "compression_level = 3".into(),
-            "compression_level = 0".into(),
-        ),
-        // Throttled so a backlog builds and is drained across restarts.
-        ("rate = \"unlimited\"".into(), "rate = \"256KiB/s\"".into()),
-        // Reconnect to the broker quickly after each restart.
-        (
-            "backoff_max = \"60s\"".into(),
-            "backoff_max = \"2s\"".into(),
-        ),
-    ];
-    let mut text = text;
-    for (from, to) in replacements {
-        assert!(
-            text.contains(&from),
-            "config/ferry.toml no longer has {from}"
-        );
-        text = text.replace(&from, &to);
-    }
-    let path = dir.join("ferry.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::daemon_config(
+        dir,
+        &dir.join("data"),
+        bootstrap,
+        mqtt,
+        metrics,
+        &[
+            // Small segments and no compression: rolls and ack-driven deletions happen every
+            // few hundred records, so random kills land in them too.
+            (
+                "segment_size = \"64MiB\"",
+                "segment_size = \"64KiB\"".into(),
+            ),
+            ("compression_level = 3", "compression_level = 0".into()),
+            // Throttled so a backlog builds and is drained across restarts.
+            ("rate = \"unlimited\"", "rate = \"256KiB/s\"".into()),
+            // Reconnect to the broker quickly after each restart.
+            ("backoff_max = \"60s\"", "backoff_max = \"2s\"".into()),
+        ],
+    )
 }
 
 /// Starts ferry and returns it with its recovery time: process start until the MQTT listener

@@ -69,3 +69,54 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Writes a `ferry run` config for tests: the shipped `config/ferry.toml` with the data dir,
+/// loopback ports, broker and control socket replaced, plus `extra` (from, to) edits. Every
+/// edited line must still be in the shipped file (the test fails if it changed).
+pub fn daemon_config(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    bootstrap: &str,
+    mqtt: u16,
+    metrics: u16,
+    extra: &[(&str, String)],
+) -> std::path::PathBuf {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ferry.toml")).unwrap();
+    let base = [
+        (
+            "data_dir = \"/var/lib/ferry\"",
+            format!("data_dir = \"{}\"", data.display()),
+        ),
+        (
+            "listen = \"0.0.0.0:1883\"",
+            format!("listen = \"127.0.0.1:{mqtt}\""),
+        ),
+        (
+            "listen = \"127.0.0.1:9464\"",
+            format!("listen = \"127.0.0.1:{metrics}\""),
+        ),
+        (
+            "bootstrap_servers = \"127.0.0.1:9092\"",
+            format!("bootstrap_servers = \"{bootstrap}\""),
+        ),
+        (
+            "socket = \"/run/ferry/ferry.sock\"",
+            format!("socket = \"{}\"", dir.join("ferry.sock").display()),
+        ),
+    ];
+    for (from, to) in base
+        .iter()
+        .map(|(f, t)| (*f, t))
+        .chain(extra.iter().map(|(f, t)| (*f, t)))
+    {
+        assert!(
+            text.contains(from),
+            "config/ferry.toml no longer has {from}"
+        );
+        text = text.replace(from, to);
+    }
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
