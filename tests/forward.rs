@@ -633,11 +633,19 @@ async fn retriable_errors_are_retried_nothing_dropped() {
     )];
     let running = spawn_forwarder(&store, dir.path(), opts);
     let h = running.handle.clone();
-    // Warm up every partition first. The mock cluster records an idempotent producer's
-    // sequence even for a produce request it answers with an injected error, so a retried
-    // *first* batch on a partition is acknowledged as a duplicate without being stored
-    // (offset -1001): a mock artifact, reproduced with a bare rdkafka producer, not a ferry
-    // or Kafka behaviour.
+    // Warm up every partition first, so the injected errors hit steady-state batches.
+    //
+    // Only errors that librdkafka classes as *not persisted* are injected. For a "possibly
+    // persisted" error (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND, transport errors)
+    // librdkafka's idempotent producer acknowledges the failed batch implicitly as soon as a
+    // later batch on the same partition succeeds (`rd_kafka_dr_implicit_ack` in
+    // rdkafka_request.c): correct against Kafka, whose broker refuses a later sequence
+    // (OUT_OF_ORDER_SEQUENCE_NUMBER) unless the earlier one was stored. The mock cluster does
+    // not check sequences for a non-transactional producer (`rd_kafka_mock_validate_records`
+    // returns early without a TransactionalId), so there the implicitly acknowledged batch
+    // is simply missing: a mock artifact that lost 4 records in CI on 2026-11-22, not a ferry
+    // or Kafka behaviour. Link cuts against the real broker are covered by
+    // `flapping_link_loses_nothing` and `outage_buffers_then_delivers_everything`.
     for i in 1..=10u64 {
         append(&store, 0, record("a", &format!("w{i}"), i, format!("m{i}"))).await;
     }
@@ -646,9 +654,9 @@ async fn retriable_errors_are_retried_nothing_dropped() {
         RDKafkaApiKey::Produce,
         &[
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR,
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
         ],
     );
     for i in 11..=40u64 {
