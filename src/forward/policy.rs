@@ -8,7 +8,11 @@
 //! be tested against a real broker without waiting for a schedule, and the policies can be
 //! tested with a manual clock without a broker.
 
-use std::time::Duration;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
 
 use crate::store::ClassId;
 
@@ -87,6 +91,7 @@ pub struct Configured {
     windows: super::window::Windows,
     scheduler: super::schedule::Scheduler,
     throttles: super::throttle::Throttles,
+    budget_file: Option<BudgetFile>,
 }
 
 impl Configured {
@@ -101,12 +106,120 @@ impl Configured {
             windows,
             scheduler,
             throttles,
+            budget_file: None,
         }
+    }
+
+    /// Keeps the daily byte budget's count in `path`, so a restart does not grant a fresh
+    /// budget on a metered link: restores today's count from it now, and rewrites it at most
+    /// once per [`BUDGET_SAVE_EVERY`] while bytes are sent (and when the policy is dropped).
+    /// A crash loses at most that interval's count. An unreadable file is reported and
+    /// ignored (the budget then starts from zero, as it would on a new day).
+    pub fn with_budget_file(mut self, path: PathBuf) -> Self {
+        match BudgetFile::load(&path) {
+            Ok(Some((day, used))) => {
+                self.throttles.global.restore_budget(day, used);
+                let (today, now_used) = self.throttles.global.budget_used();
+                tracing::info!(path = %path.display(), day = %today, used = now_used, "daily byte budget restored");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the saved daily byte budget; counting today's budget from zero")
+            }
+        }
+        let saved = self.throttles.global.budget_used();
+        self.budget_file = Some(BudgetFile {
+            path,
+            last_save: None,
+            saved,
+        });
+        self
     }
 
     /// Recent share of bytes per class (for status and metrics).
     pub fn shares(&self) -> Vec<f64> {
         self.scheduler.shares()
+    }
+
+    /// Bytes used of today's budget and the budget day (for status).
+    pub fn budget_used(&self) -> (NaiveDate, u64) {
+        self.throttles.global.budget_used()
+    }
+
+    fn save_budget(&mut self, force: bool) {
+        let used = self.throttles.global.budget_used();
+        let Some(f) = self.budget_file.as_mut() else {
+            return;
+        };
+        if used == f.saved
+            || (!force && f.last_save.is_some_and(|t| t.elapsed() < BUDGET_SAVE_EVERY))
+        {
+            return;
+        }
+        f.last_save = Some(Instant::now());
+        match BudgetFile::store(&f.path, used) {
+            Ok(()) => f.saved = used,
+            Err(e) => {
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot save the daily byte budget; a restart now would count today's budget from an older figure")
+            }
+        }
+    }
+}
+
+impl Drop for Configured {
+    fn drop(&mut self) {
+        self.save_budget(true);
+    }
+}
+
+/// How often the daily budget's count is written while bytes are sent.
+pub const BUDGET_SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The saved daily budget count: one line `YYYY-MM-DD <bytes>`, replaced atomically (write a
+/// temporary file, fdatasync, rename).
+struct BudgetFile {
+    path: PathBuf,
+    last_save: Option<Instant>,
+    saved: (NaiveDate, u64),
+}
+
+impl BudgetFile {
+    fn load(path: &Path) -> std::io::Result<Option<(NaiveDate, u64)>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "expected one line `YYYY-MM-DD <bytes>`, found {:?}",
+                    text.trim()
+                ),
+            )
+        };
+        let mut parts = text.split_whitespace();
+        let day = parts
+            .next()
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .ok_or_else(bad)?;
+        let used = parts
+            .next()
+            .and_then(|u| u.parse::<u64>().ok())
+            .ok_or_else(bad)?;
+        Ok(Some((day, used)))
+    }
+
+    fn store(path: &Path, (day, used): (NaiveDate, u64)) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{} {used}", day.format("%Y-%m-%d"))?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
     }
 }
 
@@ -130,6 +243,7 @@ impl Policy for Configured {
         let now = self.clock.now();
         self.throttles.record_sent(class, bytes, &now);
         self.scheduler.record_sent(class, bytes);
+        self.save_budget(false);
     }
     fn rate_limit(&self) -> Option<u64> {
         self.throttles.global.current_rate().bytes_per_sec()
@@ -145,5 +259,79 @@ impl Policy for Configured {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::forward::clock::{Clock, ManualClock};
+    use crate::forward::schedule::{ClassPolicy, Scheduler};
+    use crate::forward::throttle::{Rate, Throttle, ThrottleConfig, Throttles};
+    use crate::forward::window::{Schedule, Windows};
+
+    const MIB: u64 = 1 << 20;
+
+    fn policy(clock: Arc<ManualClock>, budget: u64) -> Configured {
+        let now = clock.now();
+        let global = Throttle::new(
+            ThrottleConfig {
+                rate: Rate::Unlimited,
+                daily_budget: Some(budget),
+                ..ThrottleConfig::default()
+            },
+            &now,
+        );
+        let scheduler = Scheduler::new(vec![ClassPolicy {
+            name: "telemetry".into(),
+            priority: 1,
+            min_share: 0.0,
+        }])
+        .expect("one class is a valid scheduler");
+        Configured::new(
+            clock,
+            Windows::new(Schedule::always()),
+            scheduler,
+            Throttles::new(global, vec![None]),
+        )
+    }
+
+    #[test]
+    fn daily_budget_survives_a_restart_but_not_midnight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("forward").join("budget");
+        let clock = Arc::new(ManualClock::at(2026, 12, 3, 10, 0, 0));
+
+        let mut p = policy(clock.clone(), 10 * MIB).with_budget_file(path.clone());
+        assert_eq!(p.take(0, 4 * MIB), Ok(()));
+        p.sent(0, 4 * MIB);
+        drop(p); // the daemon stops (or is restarted)
+        let text = std::fs::read_to_string(&path).expect("budget file written");
+        assert_eq!(text.trim(), format!("2026-12-03 {}", 4 * MIB));
+
+        let p = policy(clock.clone(), 10 * MIB).with_budget_file(path.clone());
+        assert_eq!(
+            p.budget_used().1,
+            4 * MIB,
+            "the restart keeps today's count"
+        );
+        drop(p);
+
+        // The next day the saved count is stale and the budget starts fresh.
+        clock.advance(Duration::from_secs(24 * 3600));
+        let p = policy(clock.clone(), 10 * MIB).with_budget_file(path.clone());
+        assert_eq!(p.budget_used().1, 0);
+    }
+
+    #[test]
+    fn unreadable_budget_file_is_reported_and_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("budget");
+        std::fs::write(&path, "not a budget\n").expect("write");
+        let clock = Arc::new(ManualClock::at(2026, 12, 3, 10, 0, 0));
+        let p = policy(clock, MIB).with_budget_file(path);
+        assert_eq!(p.budget_used().1, 0);
     }
 }

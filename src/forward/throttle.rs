@@ -48,9 +48,10 @@
 //! The optional daily budget counts bytes sent since local midnight; when the next batch
 //! would exceed it, nothing is sent until the local date changes (the first batch of a day is
 //! always allowed, so a record larger than the whole budget cannot block a class forever).
-//! A wall clock stepped backwards does not reset the budget. The budget lives in memory; the
-//! forwarder can persist [`Throttle::budget_used`] and restore it with
-//! [`Throttle::restore_budget`] so restarts do not grant a fresh budget.
+//! A wall clock stepped backwards does not reset the budget. The count lives in memory;
+//! [`super::policy::Configured::with_budget_file`] saves [`Throttle::budget_used`] to
+//! `<data_dir>/forward/budget` and restores it with [`Throttle::restore_budget`], so a restart
+//! does not grant a fresh budget.
 
 use std::fmt;
 use std::str::FromStr;

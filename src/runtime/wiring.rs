@@ -215,10 +215,20 @@ pub fn policy(cfg: &Config) -> anyhow::Result<Configured> {
             .collect(),
     )
     .map_err(|e| anyhow!("classes: {e}"))?;
-    Ok(Configured::new(
+    let policy = Configured::new(
         clock,
         Windows::new(schedule),
         scheduler,
         Throttles::new(global, per_class),
-    ))
+    );
+    // A metered link's daily budget must not start over at every restart.
+    Ok(match cfg.forward.daily_budget {
+        Some(_) => policy.with_budget_file(budget_path(&cfg.storage.data_dir)),
+        None => policy,
+    })
+}
+
+/// Where the forwarder keeps today's count of the daily byte budget.
+pub fn budget_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("forward").join("budget")
 }
