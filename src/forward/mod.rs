@@ -1456,3 +1456,34 @@ fn assert_send() {
     is_send::<Forwarder>();
     is_send::<ForwarderHandle>();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(seqs: &[u64]) -> VecDeque<Slot> {
+        seqs.iter()
+            .map(|&seq| Slot {
+                seq,
+                logical_end: seq * 10,
+                bytes: 1,
+                state: SlotState::Pending,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slot_index_by_offset_and_across_gaps() {
+        let t = slots(&[5, 6, 7, 8]);
+        assert_eq!(slot_index(&t, 5), Some(0));
+        assert_eq!(slot_index(&t, 8), Some(3));
+        assert_eq!(slot_index(&t, 4), None);
+        assert_eq!(slot_index(&t, 9), None);
+        // The reader skipped 8..=10 (dropped by the store): the offset misses, search finds.
+        let t = slots(&[5, 6, 7, 11, 12]);
+        assert_eq!(slot_index(&t, 11), Some(3));
+        assert_eq!(slot_index(&t, 12), Some(4));
+        assert_eq!(slot_index(&t, 9), None);
+        assert_eq!(slot_index(&slots(&[]), 1), None);
+    }
+}
