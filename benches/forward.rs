@@ -452,7 +452,7 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
                     value: Some(&v[..]),
                 });
             }
-            let mut br = BaseRecord::to(&*r.topic)
+            let mut br = BaseRecord::to(&r.topic)
                 .payload(&r.payload[..])
                 .timestamp(r.timestamp_ms)
                 .headers(headers);

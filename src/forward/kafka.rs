@@ -359,7 +359,7 @@ impl KafkaProducer {
                 value: Some(&v[..]),
             });
         }
-        let mut br = BaseRecord::with_opaque_to(&*rec.topic, Box::new(Tag { class, seq }))
+        let mut br = BaseRecord::with_opaque_to(&rec.topic, Box::new(Tag { class, seq }))
             .payload(&rec.payload[..])
             .timestamp(rec.timestamp_ms)
             .headers(headers);
