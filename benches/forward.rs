@@ -449,7 +449,7 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
             for (k, v) in &r.headers {
                 headers = headers.insert(Header {
                     key: k,
-                    value: Some(v),
+                    value: Some(&v[..]),
                 });
             }
             let mut br = BaseRecord::to(&r.topic)
@@ -1079,6 +1079,9 @@ fn child(part: &str, extra: &[String]) {
 }
 
 fn main() {
+    // The same process set-up as `ferry run` (every part re-executes this binary, so each
+    // child applies it too): glibc malloc arenas capped, unless MALLOC_ARENA_MAX is set.
+    let arenas = ferry::runtime::memory::cap_malloc_arenas();
     let args = Args {
         raw: std::env::args().collect(),
     };
@@ -1106,6 +1109,7 @@ fn main() {
         sh("free -g | awk '/Mem:/ {print $2\" GiB RAM\"}'")
     );
     println!("- load at start: `{}`", sh("uptime"));
+    println!("- malloc arenas (as `ferry run` sets them): {arenas:?}");
     let t0 = Instant::now();
     if run("drain") {
         child("drain", &extra);

@@ -443,6 +443,12 @@ fn limits_and_cross_section_rules() {
         1,
     );
     assert!(msg.contains("less than forward.backoff_min (2m)"), "{msg}");
+    let msg = one_error(
+        "[forward]\nack_interval = \"1ms\"\n",
+        "forward.ack_interval",
+        2,
+    );
+    assert!(msg.contains("expected 10ms to 60s"), "{msg}");
     let msg = one_error("[log]\nlevel = \"loud=[\"\n", "log.level", 2);
     assert!(msg.contains("not a log filter"), "{msg}");
     let msg = one_error("gateway_id = \"site 1/a\"\n", "gateway_id", 1);

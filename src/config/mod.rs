@@ -564,6 +564,9 @@ pub struct ForwardConfig {
     pub max_in_flight: u32,
     pub backoff_min: HumanDuration,
     pub backoff_max: HumanDuration,
+    /// How often acknowledged positions are persisted (each persist is an fdatasync); a
+    /// crash re-sends at most this much drain plus what was in flight.
+    pub ack_interval: HumanDuration,
 }
 
 impl Default for ForwardConfig {
@@ -577,6 +580,7 @@ impl Default for ForwardConfig {
             max_in_flight: 10_000,
             backoff_min: HumanDuration::secs(1),
             backoff_max: HumanDuration::secs(60),
+            ack_interval: HumanDuration::ms(200),
         }
     }
 }

@@ -423,6 +423,16 @@ impl Config {
             1_000_000,
             |n| n,
         );
+        let ack = fw.ack_interval.get();
+        if ack < std::time::Duration::from_millis(10) || ack > std::time::Duration::from_secs(60) {
+            f.error(
+                "forward.ack_interval",
+                format!(
+                    "{} is out of range; expected 10ms to 60s (default 200ms: shorter costs an fdatasync each time, longer re-sends more after a crash)",
+                    fw.ack_interval
+                ),
+            );
+        }
         if fw.backoff_min.get().is_zero() {
             f.error(
                 "forward.backoff_min",

@@ -1,12 +1,18 @@
 //! The Kafka producer: construction, delivery reports, and what each error means for ferry.
 //!
-//! ## Why `ThreadedProducer` and a channel, not `FutureProducer`
+//! ## Why `ThreadedProducer` and a report queue, not `FutureProducer`
 //! The forwarder needs every delivery report, in the order librdkafka produces them, on one
-//! task that owns the per-class in-flight tables. A `ThreadedProducer` whose context pushes each
-//! report (tagged with class, sequence and producer generation) into an unbounded channel does
-//! exactly that: no future or oneshot per message, no ordering question between futures, and
-//! the poll thread keeps serving callbacks (including the client error callback that tells us
-//! the link is down) even while the forwarder sleeps in a closed window. The channel is
+//! task that owns the per-class in-flight tables. A `ThreadedProducer` whose context appends
+//! each report (tagged with class, sequence and producer generation) to a shared
+//! [`ReportQueue`] does exactly that: no future or oneshot per message, no ordering question
+//! between futures, and the poll thread keeps serving callbacks (including the client error
+//! callback that tells us the link is down) even while the forwarder sleeps in a closed window.
+//!
+//! The queue is a vector under a mutex plus a [`Notify`]: only the report that finds the
+//! vector empty wakes the forwarder, which then takes the whole vector at once. librdkafka
+//! hands reports over a produce response at a time (hundreds to thousands of records), so the
+//! forwarder wakes about once per response instead of once per record (a channel message per
+//! record cost ~40 % of the forwarder's time in scheduler paths, BENCHMARKS.md). The queue is
 //! unbounded but cannot grow past the forwarder's in-flight limit: one report per record sent.
 //!
 //! ## Producer settings ferry insists on
@@ -30,7 +36,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use tokio::sync::mpsc::UnboundedSender;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 use super::mapping::KafkaRecord;
 use crate::store::ClassId;
@@ -215,16 +222,63 @@ pub enum ProducerEvent {
     },
 }
 
+/// Reports from librdkafka's poll thread to the forwarder, handed over in batches.
+///
+/// `push` wakes the consumer only when it finds the queue empty; [`ReportQueue::take`] takes
+/// everything queued at once. A wake-up can therefore find the queue empty (the reports it was
+/// for were taken with an earlier batch); that is harmless, and no report is ever left
+/// without a wake-up: the push that makes the queue non-empty always notifies, and `Notify`
+/// keeps that permit until the consumer waits.
+#[derive(Default)]
+pub struct ReportQueue {
+    queue: parking_lot::Mutex<Vec<ProducerEvent>>,
+    notify: Notify,
+}
+
+impl ReportQueue {
+    pub fn new() -> Arc<ReportQueue> {
+        Arc::new(ReportQueue::default())
+    }
+
+    fn push(&self, ev: ProducerEvent) {
+        let was_empty = {
+            let mut q = self.queue.lock();
+            let was_empty = q.is_empty();
+            q.push(ev);
+            was_empty
+        };
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves every queued report into `into` (appended, in arrival order). Swaps buffers when
+    /// `into` is empty, so the steady state allocates nothing.
+    pub fn take(&self, into: &mut Vec<ProducerEvent>) {
+        let mut q = self.queue.lock();
+        if into.is_empty() {
+            std::mem::swap(&mut *q, into);
+        } else {
+            into.append(&mut q);
+        }
+    }
+
+    /// Completes when a report was queued since the last wake-up (possibly already taken).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
+
 /// The tag that travels with each message through librdkafka.
 pub struct Tag {
     class: ClassId,
     seq: u64,
 }
 
-/// The producer context: forwards reports into the forwarder's channel.
+/// The producer context: appends reports to the forwarder's [`ReportQueue`].
 pub struct FerryContext {
     generation: u64,
-    events: UnboundedSender<ProducerEvent>,
+    events: Arc<ReportQueue>,
 }
 
 impl ClientContext for FerryContext {
@@ -241,8 +295,7 @@ impl ClientContext for FerryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // The receiver is gone only while the forwarder shuts down; nothing to tell then.
-        let _ = self.events.send(ProducerEvent::ClientError {
+        self.events.push(ProducerEvent::ClientError {
             generation: self.generation,
             error,
             reason: reason.to_string(),
@@ -261,7 +314,7 @@ impl ProducerContext for FerryContext {
             }),
             Err((e, _)) => Err(e.clone()),
         };
-        let _ = self.events.send(ProducerEvent::Delivery {
+        self.events.push(ProducerEvent::Delivery {
             generation: self.generation,
             class: tag.class,
             seq: tag.seq,
@@ -280,7 +333,7 @@ impl KafkaProducer {
     pub fn new(
         opts: &KafkaOptions,
         generation: u64,
-        events: UnboundedSender<ProducerEvent>,
+        events: Arc<ReportQueue>,
     ) -> Result<KafkaProducer, KafkaSetupError> {
         let inner = opts
             .client_config()?
@@ -303,7 +356,7 @@ impl KafkaProducer {
         for (k, v) in &rec.headers {
             headers = headers.insert(Header {
                 key: k,
-                value: Some(v),
+                value: Some(&v[..]),
             });
         }
         let mut br = BaseRecord::with_opaque_to(&rec.topic, Box::new(Tag { class, seq }))

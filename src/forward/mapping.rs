@@ -31,6 +31,11 @@
 //! The Kafka record timestamp is the gateway receive time (`CreateTime`), not the send time, so
 //! a backlog drained after an outage keeps its real time line downstream.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
 use crate::store::{ClassId, StoredRecord};
 use crate::topic::filter_matches;
 
@@ -138,6 +143,21 @@ impl Template {
         &self.source
     }
 
+    /// The rendering when it does not depend on the record (only literals, `{class}` and
+    /// `{gateway}`), so it can be done once per class.
+    fn render_fixed(&self, class: &str, gateway: &str) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Class => out.push_str(class),
+                Part::Gateway => out.push_str(gateway),
+                Part::Topic | Part::ClientId | Part::Level(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// Renders the template for one record.
     pub fn render(
         &self,
@@ -196,30 +216,53 @@ pub struct RuleMappingConfig {
     pub key: Option<String>,
 }
 
+/// A topic template with its rendering done once when it does not depend on the record.
+#[derive(Debug, Clone)]
+struct TopicTemplate {
+    template: Template,
+    /// The rendered topic when it is the same for every record of the class and valid.
+    fixed: Option<Arc<str>>,
+}
+
+impl TopicTemplate {
+    fn new(template: Template, class: &str, gateway: &str) -> TopicTemplate {
+        let fixed = template
+            .render_fixed(class, gateway)
+            .filter(|t| valid_kafka_topic(t))
+            .map(Arc::from);
+        TopicTemplate { template, fixed }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Rule {
     filter: String,
-    topic: Option<Template>,
+    topic: Option<TopicTemplate>,
     key: Option<Template>,
 }
 
 #[derive(Debug, Clone)]
 struct ClassMapping {
     name: String,
-    topic: Template,
+    topic: TopicTemplate,
     key: Option<Template>,
     rules: Vec<Rule>,
+    /// Header values that are the same for every record of the class, rendered once.
+    gateway_value: Bytes,
+    class_value: Bytes,
+    /// `gateway/class/`, the part of `ferry.seq` before the sequence number.
+    seq_prefix: String,
 }
 
 /// A Kafka record ready to be produced (owned; the payload is a zero-copy slice of the store's
-/// read buffer).
+/// read buffer; constant topics and header values are shared, not copied per record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaRecord {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub key: Option<String>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<(Cow<'static, str>, Bytes)>,
     pub timestamp_ms: i64,
-    pub payload: bytes::Bytes,
+    pub payload: Bytes,
 }
 
 impl KafkaRecord {
@@ -243,6 +286,7 @@ impl Mapper {
         gateway: impl Into<String>,
         classes: &[(String, ClassMappingConfig)],
     ) -> Result<Mapper, MappingError> {
+        let gateway: String = gateway.into();
         let mut out = Vec::with_capacity(classes.len());
         for (name, cfg) in classes {
             let mut rules = Vec::with_capacity(cfg.rules.len());
@@ -255,19 +299,27 @@ impl Mapper {
                 })?;
                 rules.push(Rule {
                     filter: r.filter.clone(),
-                    topic: r.topic.as_deref().map(Template::parse).transpose()?,
+                    topic: r
+                        .topic
+                        .as_deref()
+                        .map(Template::parse)
+                        .transpose()?
+                        .map(|t| TopicTemplate::new(t, name, &gateway)),
                     key: r.key.as_deref().map(Template::parse).transpose()?,
                 });
             }
             out.push(ClassMapping {
                 name: name.clone(),
-                topic: Template::parse(&cfg.topic)?,
+                topic: TopicTemplate::new(Template::parse(&cfg.topic)?, name, &gateway),
                 key: cfg.key.as_deref().map(Template::parse).transpose()?,
                 rules,
+                gateway_value: Bytes::copy_from_slice(gateway.as_bytes()),
+                class_value: Bytes::copy_from_slice(name.as_bytes()),
+                seq_prefix: format!("{gateway}/{name}/"),
             });
         }
         Ok(Mapper {
-            gateway: gateway.into(),
+            gateway,
             classes: out,
         })
     }
@@ -297,42 +349,72 @@ impl Mapper {
         let topic_t = rule.and_then(|r| r.topic.as_ref()).unwrap_or(&cm.topic);
         let key_t = rule.and_then(|r| r.key.as_ref()).or(cm.key.as_ref());
         let render = |t: &Template| t.render(&rec.topic, &rec.client_id, &cm.name, &self.gateway);
-        let topic = render(topic_t)?;
-        if !valid_kafka_topic(&topic) {
-            return Err(MappingError::InvalidKafkaTopic {
-                template: topic_t.as_str().to_string(),
-                topic,
-                mqtt_topic: rec.topic.clone(),
-            });
-        }
+        let topic: Arc<str> = match &topic_t.fixed {
+            Some(t) => t.clone(),
+            None => {
+                let topic = render(&topic_t.template)?;
+                if !valid_kafka_topic(&topic) {
+                    return Err(MappingError::InvalidKafkaTopic {
+                        template: topic_t.template.as_str().to_string(),
+                        topic,
+                        mqtt_topic: rec.topic.clone(),
+                    });
+                }
+                Arc::from(topic)
+            }
+        };
         let key = key_t.map(render).transpose()?;
 
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(9 + rec.user_properties.len());
-        headers.push(("mqtt.topic".into(), rec.topic.as_bytes().to_vec()));
-        headers.push(("mqtt.qos".into(), rec.qos.to_string().into_bytes()));
-        headers.push(("mqtt.retain".into(), rec.retain.to_string().into_bytes()));
-        headers.push(("mqtt.client_id".into(), rec.client_id.as_bytes().to_vec()));
-        headers.push(("ferry.gateway".into(), self.gateway.as_bytes().to_vec()));
-        headers.push(("ferry.class".into(), cm.name.as_bytes().to_vec()));
+        let mut headers: Vec<(Cow<'static, str>, Bytes)> =
+            Vec::with_capacity(9 + rec.user_properties.len());
+        let copy = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        headers.push(("mqtt.topic".into(), copy(&rec.topic)));
+        let qos: &'static [u8] = match rec.qos {
+            0 => b"0",
+            1 => b"1",
+            2 => b"2",
+            _ => b"",
+        };
+        let qos = if qos.is_empty() {
+            Bytes::from(rec.qos.to_string())
+        } else {
+            Bytes::from_static(qos)
+        };
+        headers.push(("mqtt.qos".into(), qos));
+        let retain: &'static [u8] = if rec.retain { b"true" } else { b"false" };
+        headers.push(("mqtt.retain".into(), Bytes::from_static(retain)));
+        headers.push(("mqtt.client_id".into(), copy(&rec.client_id)));
+        headers.push(("ferry.gateway".into(), cm.gateway_value.clone()));
+        headers.push(("ferry.class".into(), cm.class_value.clone()));
         // An imported record (`ferry import`) keeps the id it had at its origin gateway, so
         // the same message moved on removable media and sent twice deduplicates downstream.
         // Devices cannot set `ferry.*` properties (ingest strips them).
-        let id = rec
+        let id = match rec
             .user_properties
             .iter()
             .find(|(k, _)| k == crate::control::transfer::ORIGIN_PROPERTY)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| format!("{}/{}/{}", self.gateway, cm.name, stored.seq));
-        headers.push(("ferry.seq".into(), id.into_bytes()));
+        {
+            Some((_, v)) => copy(v),
+            None => {
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(stored.seq);
+                let mut id = Vec::with_capacity(cm.seq_prefix.len() + digits.len());
+                id.extend_from_slice(cm.seq_prefix.as_bytes());
+                id.extend_from_slice(digits.as_bytes());
+                Bytes::from(id)
+            }
+        };
+        headers.push(("ferry.seq".into(), id));
+        let mut digits = itoa::Buffer::new();
         headers.push((
             "ferry.received_at".into(),
-            rec.timestamp_ms.to_string().into_bytes(),
+            copy(digits.format(rec.timestamp_ms)),
         ));
         if let Some(ct) = &rec.content_type {
-            headers.push(("content-type".into(), ct.as_bytes().to_vec()));
+            headers.push(("content-type".into(), copy(ct)));
         }
         for (k, v) in &rec.user_properties {
-            headers.push((k.clone(), v.as_bytes().to_vec()));
+            headers.push((Cow::Owned(k.clone()), copy(v)));
         }
         Ok(KafkaRecord {
             topic,
@@ -424,21 +506,21 @@ mod tests {
             .push(("ferry.origin.seq".into(), "site-b/telemetry/7".into()));
         let r = m.map(0, &st).unwrap();
         let id = r.headers.iter().find(|(k, _)| k == "ferry.seq").unwrap();
-        assert_eq!(id.1, b"site-b/telemetry/7");
+        assert_eq!(&id.1[..], b"site-b/telemetry/7");
     }
 
     #[test]
     fn class_default_and_rule_override() {
         let m = mapper();
         let r = m.map(0, &stored("site/line1/temp")).unwrap();
-        assert_eq!(r.topic, "ferry.telemetry");
+        assert_eq!(&*r.topic, "ferry.telemetry");
         assert_eq!(r.key.as_deref(), Some("plc-7"));
         assert_eq!(r.timestamp_ms, 1_700_000_000_123);
         let h = |name: &str| {
             r.headers
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
         };
         assert_eq!(h("ferry.seq").as_deref(), Some("gw1/telemetry/42"));
         assert_eq!(h("mqtt.qos").as_deref(), Some("1"));
@@ -448,7 +530,7 @@ mod tests {
         assert_eq!(h("unit").as_deref(), Some("C"));
 
         let r = m.map(0, &stored("site/line2/alarm/fire")).unwrap();
-        assert_eq!(r.topic, "alarms.line2");
+        assert_eq!(&*r.topic, "alarms.line2");
         assert_eq!(r.key.as_deref(), Some("gw1:line2:{x}"));
     }
 

@@ -9,8 +9,8 @@
 //!
 //! ## The loop
 //! One task owns all state; nothing is shared with it except the control/status cell of the
-//! [`ForwarderHandle`] and the channel that carries delivery reports from librdkafka's poll
-//! thread ([`kafka`]).
+//! [`ForwarderHandle`] and the queue that carries delivery reports from librdkafka's poll
+//! thread in batches ([`kafka::ReportQueue`]).
 //!
 //! ```text
 //!            ┌──────────── wake: new commit in a class / report / control / timer ───────────┐
@@ -29,8 +29,10 @@
 //! that order per partition, and a rewind re-sends from the first un-acknowledged record, so a
 //! key's records never arrive out of order (a re-sent run may repeat records already delivered).
 //!
-//! Memory: bounded by `max_in_flight_bytes` (records kept until their report, for
-//! dead-lettering) plus one read batch per class.
+//! Memory: bounded by `max_in_flight_bytes` (librdkafka's copy of each record until its
+//! report) plus one read batch per class. The in-flight table keeps only sequence, position,
+//! size and state per record, not the record: a record that fails permanently is read again
+//! from the store for the dead-letter log (it is not acknowledged, so it is still there).
 //!
 //! ## Link state
 //! `connecting` until the first report; `online` after a successful delivery; `offline` when
@@ -64,12 +66,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::store::{ClassId, Position, Reader, Store, StoreError, StoredRecord};
 use deadletter::DeadLetters;
-use kafka::{classify, Disposition, KafkaOptions, KafkaProducer, KafkaSetupError, ProducerEvent};
+use kafka::{
+    classify, Disposition, KafkaOptions, KafkaProducer, KafkaSetupError, ProducerEvent, ReportQueue,
+};
 use mapping::{ClassMappingConfig, KafkaRecord, Mapper, MappingError};
 use policy::{Candidate, Policy};
 
@@ -307,10 +311,37 @@ enum SlotState {
     Failed,
 }
 
+/// One record between `send` and its delivery report. The record itself is not kept (see
+/// "Memory" above).
 struct Slot {
-    stored: StoredRecord,
+    seq: u64,
+    logical_end: u64,
     bytes: usize,
     state: SlotState,
+}
+
+impl Slot {
+    fn new(stored: &StoredRecord, bytes: usize, state: SlotState) -> Slot {
+        Slot {
+            seq: stored.seq,
+            logical_end: stored.logical_end,
+            bytes,
+            state,
+        }
+    }
+}
+
+/// The index of `seq` in a class's in-flight table. Slots are in sequence order and, between
+/// rewinds, usually contiguous, so the offset from the front finds it directly; when the
+/// reader skipped records the store dropped, the offset misses and a binary search finds it.
+fn slot_index(inflight: &VecDeque<Slot>, seq: u64) -> Option<usize> {
+    let front = inflight.front()?.seq;
+    if let Some(i) = seq.checked_sub(front).and_then(|d| usize::try_from(d).ok()) {
+        if inflight.get(i).is_some_and(|s| s.seq == seq) {
+            return Some(i);
+        }
+    }
+    inflight.binary_search_by_key(&seq, |s| s.seq).ok()
 }
 
 struct ClassState {
@@ -382,8 +413,9 @@ pub struct Forwarder {
     classes: Vec<ClassState>,
     producer: Option<KafkaProducer>,
     generation: u64,
-    events_tx: mpsc::UnboundedSender<ProducerEvent>,
-    events_rx: mpsc::UnboundedReceiver<ProducerEvent>,
+    reports: Arc<ReportQueue>,
+    /// Reused buffer for one batch of reports.
+    report_buf: Vec<ProducerEvent>,
     watchers: Vec<JoinHandle<()>>,
     inflight_bytes: usize,
     link: LinkState,
@@ -461,8 +493,8 @@ impl Forwarder {
             .collect();
         let mapper = Mapper::new(opts.gateway.clone(), &mappings)?;
 
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let producer = KafkaProducer::new(&opts.kafka, 1, events_tx.clone())?;
+        let reports = ReportQueue::new();
+        let producer = KafkaProducer::new(&opts.kafka, 1, reports.clone())?;
 
         let mut classes = Vec::with_capacity(names.len());
         for (id, name) in names.iter().enumerate() {
@@ -539,8 +571,8 @@ impl Forwarder {
             classes,
             producer: Some(producer),
             generation: 1,
-            events_tx,
-            events_rx,
+            reports,
+            report_buf: Vec::new(),
             watchers: Vec::new(),
             inflight_bytes: 0,
             link: LinkState::Connecting,
@@ -598,18 +630,12 @@ impl Forwarder {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                ev = self.events_rx.recv() => {
-                    if let Some(ev) = ev {
-                        self.on_event(ev).await;
-                    }
-                }
+                _ = self.reports.wait() => {}
                 _ = self.shared.wake.notified() => {}
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
             }
-            // Drain whatever else arrived, so one wake handles a whole burst of reports.
-            while let Ok(ev) = self.events_rx.try_recv() {
-                self.on_event(ev).await;
-            }
+            // Whatever woke us, take every report queued so far in one go.
+            self.handle_reports().await;
         }
         self.shutdown().await
     }
@@ -621,20 +647,17 @@ impl Forwarder {
             "forwarder stopping: flushing in-flight records"
         );
         let deadline = Instant::now() + self.opts.shutdown_flush_timeout;
-        while self.pending_records() > 0 && self.reset_wanted.is_none() {
-            let ev = tokio::time::timeout_at(deadline.into(), self.events_rx.recv()).await;
-            match ev {
-                Ok(Some(ev)) => {
-                    self.on_event(ev).await;
-                    while let Ok(ev) = self.events_rx.try_recv() {
-                        self.on_event(ev).await;
-                    }
-                    self.advance_acks();
-                }
-                _ => break,
+        loop {
+            self.handle_reports().await;
+            self.advance_acks();
+            if self.pending_records() == 0 || self.reset_wanted.is_some() {
+                break;
+            }
+            let woke = tokio::time::timeout_at(deadline.into(), self.reports.wait()).await;
+            if woke.is_err() {
+                break;
             }
         }
-        self.advance_acks();
         self.persist_acks(true).await;
         let unflushed = self.pending_records();
         for w in self.watchers.drain(..) {
@@ -683,6 +706,55 @@ impl Forwarder {
             .min(self.opts.backoff_max)
     }
 
+    /// Handles every report queued so far. Successful deliveries (the common case) are marked
+    /// here directly; the time and link state are updated once per batch, not per record.
+    async fn handle_reports(&mut self) {
+        let mut batch = std::mem::take(&mut self.report_buf);
+        self.reports.take(&mut batch);
+        let mut delivered = false;
+        for ev in batch.drain(..) {
+            match ev {
+                ProducerEvent::Delivery {
+                    generation,
+                    class,
+                    seq,
+                    result: Ok(_),
+                } => {
+                    if generation != self.generation {
+                        continue;
+                    }
+                    let Some(c) = self.classes.get_mut(class) else {
+                        continue;
+                    };
+                    if let Some(i) = slot_index(&c.inflight, seq) {
+                        c.inflight[i].state = SlotState::Done;
+                        c.failures = 0;
+                        delivered = true;
+                    }
+                }
+                ev => {
+                    if delivered {
+                        // Keep the order of state changes: this batch's successes before a
+                        // failure that follows them.
+                        self.note_delivered();
+                        delivered = false;
+                    }
+                    self.on_event(ev).await;
+                }
+            }
+        }
+        if delivered {
+            self.note_delivered();
+        }
+        self.report_buf = batch;
+    }
+
+    fn note_delivered(&mut self) {
+        self.last_progress = Instant::now();
+        self.reset_failures = 0;
+        self.set_link(LinkState::Online);
+    }
+
     /// One delivery report or client error.
     async fn on_event(&mut self, ev: ProducerEvent) {
         match ev {
@@ -721,16 +793,14 @@ impl Forwarder {
                 let Some(c) = self.classes.get_mut(class) else {
                     return;
                 };
-                let Ok(i) = c.inflight.binary_search_by_key(&seq, |s| s.stored.seq) else {
+                let Some(i) = slot_index(&c.inflight, seq) else {
                     return;
                 };
                 match result {
                     Ok(_) => {
                         c.inflight[i].state = SlotState::Done;
                         c.failures = 0;
-                        self.last_progress = Instant::now();
-                        self.reset_failures = 0;
-                        self.set_link(LinkState::Online);
+                        self.note_delivered();
                     }
                     Err(e) => {
                         let disposition = classify(&e, self.opts.kafka.topic_auto_create);
@@ -770,19 +840,51 @@ impl Forwarder {
     }
 
     /// Moves in-flight slot `i` of `class` to the dead-letter log; on success it counts as
-    /// done, otherwise the class fails (and retries) so the record is never lost.
+    /// done, otherwise the class fails (and retries) so the record is never lost. The record
+    /// is read again from the store: it is not acknowledged yet, so it is still there unless a
+    /// counted retention rule or a purge removed it meanwhile (then there is nothing left to
+    /// keep, and the slot counts as done).
     async fn dead_letter(&mut self, class: ClassId, i: usize, reason: String) {
+        let seq = self.classes[class].inflight[i].seq;
+        let name = self.classes[class].name.clone();
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut r = store.reader(class, seq)?;
+            let batch = r.read_batch(1, 1)?;
+            Ok::<_, StoreError>(batch.into_iter().next().filter(|s| s.seq == seq))
+        })
+        .await;
+        let state = match read {
+            Ok(Ok(Some(stored))) => {
+                if self.dead_letter_record(&name, &stored, &reason).await {
+                    let c = &mut self.classes[class];
+                    c.status.dead_lettered += 1;
+                    self.totals.dead_lettered += 1;
+                    SlotState::Done
+                } else {
+                    SlotState::Failed
+                }
+            }
+            Ok(Ok(None)) => {
+                tracing::warn!(class = %name, seq, reason, "record failed permanently but is no longer in the store (dropped by retention or purge, see the class's drop counters); nothing to dead-letter");
+                SlotState::Done
+            }
+            Ok(Err(e)) => {
+                self.note_error(format!(
+                    "reading {name}/{seq} back from the store to dead-letter it: {e} (retrying)"
+                ));
+                SlotState::Failed
+            }
+            Err(e) => {
+                self.note_error(format!(
+                    "reading {name}/{seq} back from the store to dead-letter it: task failed: {e}"
+                ));
+                SlotState::Failed
+            }
+        };
         let c = &mut self.classes[class];
-        let stored = c.inflight[i].stored.clone();
-        let name = c.name.clone();
-        let ok = self.dead_letter_record(&name, &stored, &reason).await;
-        let c = &mut self.classes[class];
-        if ok {
-            c.inflight[i].state = SlotState::Done;
-            c.status.dead_lettered += 1;
-            self.totals.dead_lettered += 1;
-        } else {
-            c.inflight[i].state = SlotState::Failed;
+        c.inflight[i].state = state;
+        if state == SlotState::Failed {
             c.failed = true;
         }
     }
@@ -833,7 +935,10 @@ impl Forwarder {
                 };
                 c.inflight_bytes -= s.bytes;
                 self.inflight_bytes -= s.bytes;
-                c.acked = s.stored.position();
+                c.acked = Position {
+                    seq: s.seq,
+                    logical_end: s.logical_end,
+                };
                 c.status.acked_records += 1;
                 self.totals.acked_records += 1;
                 newly_acked_bytes += s.bytes as u64;
@@ -932,7 +1037,7 @@ impl Forwarder {
             }
         }
         self.inflight_bytes = 0;
-        match KafkaProducer::new(&self.opts.kafka, self.generation, self.events_tx.clone()) {
+        match KafkaProducer::new(&self.opts.kafka, self.generation, self.reports.clone()) {
             Ok(p) => {
                 self.producer = Some(p);
                 self.reset_wanted = None;
@@ -1198,11 +1303,7 @@ impl Forwarder {
                         c.failed = true;
                         SlotState::Failed
                     };
-                    c.inflight.push_back(Slot {
-                        stored,
-                        bytes: 0,
-                        state,
-                    });
+                    c.inflight.push_back(Slot::new(&stored, 0, state));
                     if ok {
                         continue;
                     }
@@ -1224,11 +1325,8 @@ impl Forwarder {
                 Ok(()) => {
                     let bytes = rec.wire_size();
                     let c = &mut self.classes[class];
-                    c.inflight.push_back(Slot {
-                        stored,
-                        bytes,
-                        state: SlotState::Pending,
-                    });
+                    c.inflight
+                        .push_back(Slot::new(&stored, bytes, SlotState::Pending));
                     c.inflight_bytes += bytes;
                     self.inflight_bytes += bytes;
                     c.status.sent_records += 1;
@@ -1253,19 +1351,12 @@ impl Forwarder {
                         if ok {
                             c.status.dead_lettered += 1;
                             self.totals.dead_lettered += 1;
-                            c.inflight.push_back(Slot {
-                                stored,
-                                bytes: 0,
-                                state: SlotState::Done,
-                            });
+                            c.inflight.push_back(Slot::new(&stored, 0, SlotState::Done));
                             continue;
                         }
                         c.failed = true;
-                        c.inflight.push_back(Slot {
-                            stored,
-                            bytes: 0,
-                            state: SlotState::Failed,
-                        });
+                        c.inflight
+                            .push_back(Slot::new(&stored, 0, SlotState::Failed));
                     } else {
                         // Not sent: put it back and stop this round.
                         let c = &mut self.classes[class];
@@ -1341,9 +1432,13 @@ impl Forwarder {
         st.drain_records_per_sec = rr;
         st.drain_bytes_per_sec = br;
         for (cs, c) in st.classes.iter_mut().zip(&self.classes) {
-            let paused = cs.paused;
-            *cs = c.status.clone();
-            cs.paused = paused;
+            // Field by field: the name is already there, no allocation per status update.
+            let s = &c.status;
+            cs.sent_records = s.sent_records;
+            cs.acked_records = s.acked_records;
+            cs.dead_lettered = s.dead_lettered;
+            cs.resent_records = s.resent_records;
+            cs.skipped_records = s.skipped_records;
             cs.acked_seq = c.acked.seq;
             cs.in_flight_records = c.inflight.len() as u64;
             cs.in_flight_bytes = c.inflight_bytes as u64;
@@ -1360,4 +1455,35 @@ fn assert_send() {
     fn is_send<T: Send>() {}
     is_send::<Forwarder>();
     is_send::<ForwarderHandle>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(seqs: &[u64]) -> VecDeque<Slot> {
+        seqs.iter()
+            .map(|&seq| Slot {
+                seq,
+                logical_end: seq * 10,
+                bytes: 1,
+                state: SlotState::Pending,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slot_index_by_offset_and_across_gaps() {
+        let t = slots(&[5, 6, 7, 8]);
+        assert_eq!(slot_index(&t, 5), Some(0));
+        assert_eq!(slot_index(&t, 8), Some(3));
+        assert_eq!(slot_index(&t, 4), None);
+        assert_eq!(slot_index(&t, 9), None);
+        // The reader skipped 8..=10 (dropped by the store): the offset misses, search finds.
+        let t = slots(&[5, 6, 7, 11, 12]);
+        assert_eq!(slot_index(&t, 11), Some(3));
+        assert_eq!(slot_index(&t, 12), Some(4));
+        assert_eq!(slot_index(&t, 9), None);
+        assert_eq!(slot_index(&slots(&[]), 1), None);
+    }
 }

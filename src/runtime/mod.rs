@@ -11,6 +11,7 @@
 //! Like `cli`, this is the binary's edge: errors end as text for a person (or systemd), so it
 //! uses `anyhow` and leaves typed errors to the components.
 
+pub mod memory;
 pub mod metrics;
 pub mod wiring;
 
@@ -32,13 +33,15 @@ use crate::telemetry::notify::{self, Watchdog};
 
 /// Runs the daemon with the config at `path` until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(path: &Path) -> anyhow::Result<u8> {
+    // Before the runtime starts its threads (see `memory`).
+    let arenas = memory::cap_malloc_arenas();
     let cfg = Config::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_async(cfg, path.to_path_buf()))
+    rt.block_on(run_async(cfg, path.to_path_buf(), arenas))
 }
 
 /// A "stop now" signal every task can wait on.
@@ -56,7 +59,7 @@ fn stop_pair() -> (watch::Sender<bool>, Stop) {
     (tx, Stop(rx))
 }
 
-async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
+async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyhow::Result<u8> {
     let format = match cfg.log.format {
         CfgLogFormat::Auto => LogFormat::Auto,
         CfgLogFormat::Journald => LogFormat::Journald,
@@ -64,6 +67,7 @@ async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
         CfgLogFormat::Json => LogFormat::Json,
     };
     logging::init(&cfg.log.level, format).context("setting up logging")?;
+    tracing::debug!(?arenas, "malloc arenas");
     for w in cfg.warnings() {
         tracing::warn!("config: {w}");
     }

@@ -157,6 +157,7 @@ pub fn forwarder_options(cfg: &Config) -> ForwarderOptions {
     o.stall_timeout = k.stall_timeout.0;
     o.backoff_min = cfg.forward.backoff_min.0;
     o.backoff_max = cfg.forward.backoff_max.0;
+    o.ack_interval = cfg.forward.ack_interval.0;
     o
 }
 
