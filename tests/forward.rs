@@ -612,6 +612,37 @@ async fn record_too_large_goes_to_dead_letter_and_queue_drains() {
     drop(mock);
 }
 
+/// `forward.max_in_flight` (records) caps what is handed to the producer and not yet
+/// reported, even when the byte limit would allow far more; everything is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_record_limit_holds() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ferry.telemetry", 1, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let store = telemetry_store(dir.path());
+    for i in 1..=300u64 {
+        append(&store, 0, record("a/b", "c", 1000 + i, format!("m{i}"))).await;
+    }
+    let mut opts = test_opts(&bootstrap);
+    opts.max_in_flight_records = 7;
+    // Slow acknowledgements so records pile up in flight if the limit did not hold.
+    opts.kafka.linger_ms = 50;
+    let running = spawn_forwarder(&store, dir.path(), opts);
+    let h = running.handle.clone();
+    let mut peak = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.acked(0).seq < 300 && std::time::Instant::now() < deadline {
+        peak = peak.max(h.status().classes[0].in_flight_records);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(store.acked(0).seq, 300, "{:?}", h.status());
+    assert!(peak > 0, "sampling saw records in flight");
+    assert!(peak <= 7, "in flight peaked at {peak} records, limit 7");
+    running.stop().await;
+    drop(mock);
+}
+
 /// Retriable broker errors (injected produce errors, then the broker down long enough for
 /// records to time out) are retried: nothing is dropped or dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,8 @@
 //! key's records never arrive out of order (a re-sent run may repeat records already delivered).
 //!
 //! Memory: bounded by `max_in_flight_bytes` (librdkafka's copy of each record until its
-//! report) plus one read batch per class. The in-flight table keeps only sequence, position,
+//! report; `max_in_flight_records`, config `forward.max_in_flight`, caps the count as well)
+//! plus one read batch per class. The in-flight table keeps only sequence, position,
 //! size and state per record, not the record: a record that fails permanently is read again
 //! from the store for the dead-letter log (it is not acknowledged, so it is still there).
 //!
@@ -92,6 +93,10 @@ pub struct ForwarderOptions {
     /// Bytes produced but not yet reported, over all classes (default 16 MiB). Bounds memory
     /// and the amount re-sent after a crash.
     pub max_in_flight_bytes: usize,
+    /// Records produced but not yet reported, over all classes (default 10,000, config
+    /// `forward.max_in_flight`). Bounds the in-flight table and the re-sent range after a
+    /// crash when records are small.
+    pub max_in_flight_records: usize,
     /// Records in flight and no acknowledgement for this long while the link is not known to
     /// be down: recreate the producer (default 60 s).
     pub stall_timeout: Duration,
@@ -115,6 +120,7 @@ impl ForwarderOptions {
             batch_max_records: 1000,
             batch_max_bytes: 1 << 20,
             max_in_flight_bytes: 16 << 20,
+            max_in_flight_records: 10_000,
             stall_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
@@ -675,6 +681,11 @@ impl Forwarder {
         }
     }
 
+    /// Records handed to the producer and not yet reported, over all classes.
+    fn inflight_records(&self) -> usize {
+        self.classes.iter().map(|c| c.inflight.len()).sum()
+    }
+
     fn pending_records(&self) -> u64 {
         self.classes
             .iter()
@@ -1139,7 +1150,9 @@ impl Forwarder {
         // Send until the in-flight limit, the throttle, or no class has anything ready.
         let mut dry = vec![false; self.classes.len()];
         loop {
-            if self.inflight_bytes >= self.opts.max_in_flight_bytes {
+            if self.inflight_bytes >= self.opts.max_in_flight_bytes
+                || self.inflight_records() >= self.opts.max_in_flight_records
+            {
                 break;
             }
             let now = Instant::now();
@@ -1254,6 +1267,11 @@ impl Forwarder {
         if let Some(cap) = self.policy.max_run_bytes(class) {
             room = room.min(usize::try_from(cap).unwrap_or(usize::MAX).max(1));
         }
+        let record_room = self
+            .opts
+            .max_in_flight_records
+            .saturating_sub(self.inflight_records())
+            .max(1);
         let mut run: Vec<(StoredRecord, Result<KafkaRecord, MappingError>)> = Vec::new();
         let mut run_bytes = 0usize;
         {
@@ -1269,7 +1287,7 @@ impl Forwarder {
                 run_bytes += size;
                 let Some(s) = c.staged.pop_front() else { break };
                 run.push((s, mapped));
-                if run_bytes >= room {
+                if run_bytes >= room || run.len() >= record_room {
                     break;
                 }
             }

@@ -154,6 +154,7 @@ pub fn forwarder_options(cfg: &Config) -> ForwarderOptions {
         })
         .collect();
     o.batch_max_bytes = cfg.forward.batch_max_bytes.bytes() as usize;
+    o.max_in_flight_records = cfg.forward.max_in_flight as usize;
     o.stall_timeout = k.stall_timeout.0;
     o.backoff_min = cfg.forward.backoff_min.0;
     o.backoff_max = cfg.forward.backoff_max.0;
