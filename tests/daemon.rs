@@ -366,3 +366,64 @@ fn ready_only_after_recovery_and_listeners() {
     let running = log.find("ferry is running").unwrap();
     assert!(cut < running, "{log}");
 }
+
+/// The systemd watchdog watches the store writer *and* the forwarder loop. With no traffic
+/// and nothing to send both loops are idle but alive, so ferry keeps pinging and never
+/// reports a stall (a probe that mistook idle for wedged would make systemd restart a healthy
+/// ferry every WatchdogSec).
+#[test]
+fn watchdog_keeps_pinging_while_idle_and_offline() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start();
+    let (mqtt, metrics) = (free_port(), free_port());
+    // Kafka reachable and nothing to send: the forwarder has no reason to wake but its beat.
+    let config = write_config(dir.path(), &broker.bootstrap(), mqtt, metrics);
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        // A 4 s watchdog: ferry checks every 2 s, its loops must beat every 1 s.
+        .env("WATCHDOG_USEC", "4000000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut ready_at = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if ready_at.is_none() && msg.lines().any(|l| l == "READY=1") {
+                ready_at = Some(Instant::now());
+            }
+            if ready_at.is_some() {
+                said.push(msg);
+            }
+        }
+        if ready_at.is_some_and(|t| t.elapsed() > Duration::from_secs(11)) {
+            break;
+        }
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(ready_at.is_some(), "ferry said READY=1: {said:?}");
+    let pings = said
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(pings >= 4, "a ping every 2 s over 11 s: {said:?}");
+    assert!(
+        !said.iter().any(|m| m.contains("stalled")),
+        "an idle, offline ferry is not stalled: {said:?}"
+    );
+}

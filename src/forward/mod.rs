@@ -410,6 +410,9 @@ impl LogLimiter {
 
 /// The forwarder. Build with [`Forwarder::new`], drive with [`Forwarder::run`].
 pub struct Forwarder {
+    /// Bumped once per loop iteration for the systemd watchdog, with the longest the loop may
+    /// sleep between beats ([`Forwarder::with_heartbeat`]).
+    heartbeat: Option<(crate::telemetry::notify::Heartbeat, Duration)>,
     store: Store,
     deadletters: DeadLetters,
     opts: ForwarderOptions,
@@ -569,6 +572,7 @@ impl Forwarder {
         };
         let now = Instant::now();
         let fwd = Forwarder {
+            heartbeat: None,
             store,
             deadletters,
             mapper,
@@ -612,6 +616,17 @@ impl Forwarder {
     }
 
     /// Runs until `shutdown` completes, then flushes (bounded), persists positions and returns.
+    /// Beats `hb` once per loop iteration and wakes at least every `every` to do so, so a
+    /// watchdog can tell an idle forwarder (window closed, nothing to send) from a wedged one.
+    pub fn with_heartbeat(
+        mut self,
+        hb: &crate::telemetry::notify::Heartbeat,
+        every: Duration,
+    ) -> Self {
+        self.heartbeat = Some((hb.clone(), every.max(Duration::from_millis(1))));
+        self
+    }
+
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> ForwarderReport {
         // One tiny task per class turns "a commit happened" into a wake-up of this loop.
         for c in &self.classes {
@@ -631,8 +646,12 @@ impl Forwarder {
         );
         tokio::pin!(shutdown);
         loop {
-            let wake_at = self.step().await;
+            let mut wake_at = self.step().await;
             self.publish_status();
+            if let Some((hb, every)) = &self.heartbeat {
+                hb.beat();
+                wake_at = wake_at.min(Instant::now() + *every);
+            }
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,

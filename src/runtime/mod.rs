@@ -151,6 +151,8 @@ async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyh
     let r = reloader.clone();
     ctx.reload = Some(Arc::new(move || r.reload().map_err(|e| format!("{e:#}"))));
 
+    let fwd_heartbeat = crate::telemetry::notify::Heartbeat::new();
+
     // Tasks, each with its own stop signal so shutdown can go in order.
     let (ingest_stop_tx, ingest_stop) = stop_pair();
     let (fwd_stop_tx, fwd_stop) = stop_pair();
@@ -162,6 +164,13 @@ async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyh
                 tracing::error!(error = %e, "MQTT listener failed");
             }
         })
+    };
+    // The watchdog pings systemd only while both the store writer and the forwarder loop
+    // make progress (src/telemetry/notify.rs).
+    let watchdog = Watchdog::from_env();
+    let forwarder = match &watchdog {
+        Some(wd) => forwarder.with_heartbeat(&fwd_heartbeat, wd.beat_every()),
+        None => forwarder,
     };
     let fwd_task = tokio::spawn(forwarder.run(fwd_stop.wait()));
     {
@@ -181,9 +190,11 @@ async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyh
         let m = telemetry_metrics.clone();
         tokio::spawn(async move { ms.serve(m, stop.wait()).await });
     }
-    if let Some(wd) = Watchdog::from_env() {
+    if let Some(wd) = watchdog {
         let s = store.clone();
-        let wd = wd.counter("store writer", move || s.io_stats().writer_loops);
+        let wd = wd
+            .counter("store writer", move || s.io_stats().writer_loops)
+            .heartbeat("forwarder", &fwd_heartbeat);
         let stop = aux_stop.clone();
         tokio::spawn(async move { wd.run(stop.wait()).await });
     }
