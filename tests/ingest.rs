@@ -1144,6 +1144,20 @@ async fn tls_listener_offers_only_tls_1_2_and_1_3() {
     hs.extend_from_slice(&hello);
     let mut record = vec![0x16, 0x03, 0x01, 0x00, hs.len() as u8];
     record.extend_from_slice(&hs);
+    // Control: the same hello saying TLS 1.2 (0x0303) gets a ServerHello, so the alert below
+    // is about the version and nothing else.
+    let mut as_tls12 = record.clone();
+    as_tls12[10] = 0x03;
+    let mut s = TcpStream::connect(tls_addr).await.unwrap();
+    s.write_all(&as_tls12).await.unwrap();
+    let mut first = [0u8; 6];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(
+        (first[0], first[5]),
+        (0x16, 0x02),
+        "expected a ServerHello: {first:02x?}"
+    );
+    drop(s);
     let mut s = TcpStream::connect(tls_addr).await.unwrap();
     s.write_all(&record).await.unwrap();
     let reply = read_until_closed(&mut s).await;
