@@ -32,10 +32,14 @@ cd "$(dirname "$0")/../fuzz"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz" >&2
+    install_start=$(date +%s)
     cargo install cargo-fuzz --locked
+    echo "fuzz.sh: cargo-fuzz installed in $(( $(date +%s) - install_start )) s" >&2
 fi
 
+build_start=$(date +%s)
 cargo fuzz build --sanitizer "$sanitizer"
+echo "== fuzz targets built in $(( $(date +%s) - build_start )) s"
 
 for t in $targets; do
     mkdir -p "corpus/$t" "artifacts/$t"
@@ -62,7 +66,15 @@ for t in $targets; do
             || found=1
     fi
     if compgen -G "artifacts/$t/*" >/dev/null; then
-        echo "== $t: findings in fuzz/artifacts/$t:" && ls "artifacts/$t"
+        echo "== $t: FUZZ FINDING: crashing inputs kept in fuzz/artifacts/$t:" >&2
+        ls -l "artifacts/$t" >&2
+        # CI workspaces are thrown away: print each input (up to 8) so the log alone
+        # reproduces it (`base64 -d > fuzz/regressions/$t/NAME`).
+        for a in $(ls "artifacts/$t" | head -n 8); do
+            echo "-- base64 of fuzz/artifacts/$t/$a:" >&2
+            base64 -w 76 "artifacts/$t/$a" | head -n 1200 >&2
+        done
+        echo "   reproduce: cd fuzz && cargo fuzz run --sanitizer $sanitizer $t artifacts/$t/<file>" >&2
         found=1
     fi
 done

@@ -3,6 +3,7 @@
 # a real Kafka-protocol broker over TCP), crash and recovery tests.
 #   bash scripts/test.sh            # everything
 #   FERRY_CRASH_CYCLES=50 bash scripts/test.sh   # longer crash loops
+#   FERRY_FUZZ_SECONDS=0 bash scripts/test.sh     # skip the fuzz gate (default 60 s per target)
 # In CI (CI=true, as root) or with FERRY_TEST_DEB=1 it also builds the .deb, installs it on
 # this machine, runs the daemon from it, publishes with mosquitto_pub, and purges it
 # (scripts/deb-smoke.sh) — that really installs a package, so it is off on a developer box.
@@ -17,6 +18,18 @@ echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 cargo test -- --test-threads=2
+
+# Fuzz gate (docs/reliability-fuzz.md): builds the cargo-fuzz targets on stable (installs
+# cargo-fuzz if missing), replays fuzz/regressions and the seeds, then fuzzes each target for
+# FERRY_FUZZ_SECONDS (default 60; 0 skips). A finding fails the run; the input is kept in
+# fuzz/artifacts/<target>/ and printed as base64 in the log.
+fuzz_secs="${FERRY_FUZZ_SECONDS:-60}"
+if [ "$fuzz_secs" != 0 ]; then
+  echo "== fuzz: ${fuzz_secs}s per target (scripts/fuzz.sh)"
+  fuzz_start=$(date +%s)
+  bash scripts/fuzz.sh "$fuzz_secs"
+  echo "== fuzz: done in $(( $(date +%s) - fuzz_start )) s"
+fi
 
 if [ "$(id -u)" = 0 ] && { [ "${CI:-}" = true ] || [ "${FERRY_TEST_DEB:-0}" = 1 ]; }; then
   echo "== package: build the .deb, install, run, publish, purge"

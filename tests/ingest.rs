@@ -1083,6 +1083,93 @@ async fn tls_with_and_without_client_certificates() {
     srv.stop().await;
 }
 
+/// The TLS listener speaks TLS 1.2 and 1.3 only (rustls's safe defaults; rustls has no code
+/// for anything older): a client limited to either version completes the handshake, and a
+/// TLS 1.1 ClientHello is answered with an alert, never a ServerHello.
+#[tokio::test]
+async fn tls_listener_offers_only_tls_1_2_and_1_3() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    let pki = pki();
+    let (_d, store) = setup(vec![class("t", BIG, Overflow::DropOldest)]);
+    let mut opts = test_opts();
+    opts.tls = Some(TlsOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handshake_timeout: Duration::from_secs(3),
+        cert_chain: pki.dir.path().join("server.pem"),
+        private_key: pki.dir.path().join("server.key"),
+        client_ca: None,
+        require_client_cert: false,
+    });
+    let srv = Running::start(opts, store.clone(), Classifier::single(0)).await;
+    let tls_addr = srv.tls_addr.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes());
+    use rustls::pki_types::pem::PemObject;
+    roots.add(ca.unwrap()).unwrap();
+    for (version, want) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(tls_addr).await.unwrap();
+        let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{want:?} handshake failed: {e}"));
+        assert_eq!(conn.get_ref().1.protocol_version(), Some(want));
+    }
+
+    // A TLS 1.1 ClientHello (legacy_version 3.2, no supported_versions extension).
+    let mut hello = vec![0x03, 0x02];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+                   // Suites rustls has for TLS 1.2 (ECDHE-ECDSA/RSA-AES128-GCM), so only the version is off.
+    hello.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]);
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression only
+                                            // Extensions a TLS 1.1-capable client would send, enough for the server to pick its
+                                            // certificate: signature_algorithms (ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256),
+                                            // supported_groups (x25519, secp256r1), ec_point_formats (uncompressed).
+    hello.extend_from_slice(&[
+        0x00, 0x1a, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04, 0x00, 0x0a, 0x00,
+        0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x0b, 0x00, 0x02, 0x01, 0x00,
+    ]);
+    let mut hs = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    hs.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, hs.len() as u8];
+    record.extend_from_slice(&hs);
+    // Control: the same hello saying TLS 1.2 (0x0303) gets a ServerHello, so the alert below
+    // is about the version and nothing else.
+    let mut as_tls12 = record.clone();
+    as_tls12[10] = 0x03;
+    let mut s = TcpStream::connect(tls_addr).await.unwrap();
+    s.write_all(&as_tls12).await.unwrap();
+    let mut first = [0u8; 6];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(
+        (first[0], first[5]),
+        (0x16, 0x02),
+        "expected a ServerHello: {first:02x?}"
+    );
+    drop(s);
+    let mut s = TcpStream::connect(tls_addr).await.unwrap();
+    s.write_all(&record).await.unwrap();
+    let reply = read_until_closed(&mut s).await;
+    assert!(
+        reply.len() >= 7 && reply[0] == 0x15,
+        "expected a TLS alert record, got {reply:02x?}"
+    );
+    // Fatal protocol_version (70); never a ServerHello (record type 0x16).
+    assert_eq!(&reply[5..7], &[0x02, 70], "{reply:02x?}");
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn fanout_options_are_bounded_by_slots() {
     // One subscription slot: the second subscribing connection gets a failure code.

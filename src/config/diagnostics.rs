@@ -109,11 +109,22 @@ impl Location {
         Location {
             line,
             column,
-            line_text: text[line_start..line_end]
-                .trim_end_matches('\r')
-                .to_string(),
+            line_text: redact_line(text[line_start..line_end].trim_end_matches('\r')),
         }
     }
+}
+
+/// The quoted line of a diagnostic, with the value hidden when the key names a secret
+/// (`password_hash`, `"sasl.password"`, ...): a plaintext password pasted into the config
+/// must not be echoed back to the terminal or into a log.
+fn redact_line(line: &str) -> String {
+    if let Some((key, _)) = line.split_once('=') {
+        let k = key.trim().trim_matches(|c| c == '"' || c == '\'');
+        if super::KafkaProperties::is_secret(k) {
+            return format!("{} = \"{}\"", key.trim_end(), super::MASK);
+        }
+    }
+    line.to_string()
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

@@ -379,12 +379,14 @@ impl Default for MqttConfig {
     }
 }
 
-/// One `[[mqtt.user]]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One `[[mqtt.user]]`. The hash is shown as `"***"` wherever the config is printed
+/// (`Serialize`, `Debug`): a leaked argon2 hash still invites an offline guessing attack.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     /// argon2 PHC string, as printed by `ferry passwd`.
+    #[serde(serialize_with = "serialize_masked")]
     pub password_hash: String,
     /// Topic filters this user may publish to.
     #[serde(default = "all_topics")]
@@ -392,6 +394,21 @@ pub struct UserConfig {
     /// Topic filters this user may subscribe to (local fan-out).
     #[serde(default = "all_topics")]
     pub subscribe: Vec<String>,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password_hash", &MASK)
+            .field("publish", &self.publish)
+            .field("subscribe", &self.subscribe)
+            .finish()
+    }
+}
+
+fn serialize_masked<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(MASK)
 }
 
 fn all_topics() -> Vec<String> {
@@ -513,7 +530,10 @@ impl KafkaProperties {
     /// True when the value of `key` must never be printed or logged.
     pub fn is_secret(key: &str) -> bool {
         let k = key.to_ascii_lowercase();
-        ["password", "secret", "key"].iter().any(|w| k.contains(w))
+        // `sasl.oauthbearer.config` may carry a client secret inline (librdkafka docs).
+        ["password", "secret", "key", "oauthbearer.config"]
+            .iter()
+            .any(|w| k.contains(w))
     }
     /// The real values, for building the producer only.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {

@@ -11,8 +11,9 @@
 //! created with mode 0660 (owner and group may connect; connecting to a Unix socket needs write
 //! permission on it) and, when a group named `ferry` exists, its group is set to `ferry` — the
 //! packaged daemon runs as user `ferry`, and operators are let in with
-//! `usermod -aG ferry alice`. The umask is not trusted for this: the mode is set explicitly
-//! after `bind`. A stale socket file left by a crash is removed, but only after checking that
+//! `usermod -aG ferry alice`. The umask is not trusted for this: the socket is bound in a
+//! private 0700 staging directory, given its mode and group there, then renamed into place,
+//! so it is never reachable with a wider mode. A missing parent directory is created 0750. A stale socket file left by a crash is removed, but only after checking that
 //! nothing answers on it (two daemons on one socket would be a worse failure).
 //!
 //! ## Wiring it into the daemon
@@ -118,8 +119,17 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Serve
 
 /// Binds `socket_path` with the permissions described in the module doc.
 pub fn bind(socket_path: &Path) -> Result<UnixListener, ServeError> {
-    if let Some(dir) = socket_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err("create parent directory", dir))?;
+    let parent = socket_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(io_err("create parent directory", parent))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(socket_path) {
         use std::os::unix::fs::FileTypeExt;
@@ -133,17 +143,41 @@ pub fn bind(socket_path: &Path) -> Result<UnixListener, ServeError> {
         std::fs::remove_file(socket_path).map_err(io_err("remove stale socket", socket_path))?;
         tracing::info!(path = %socket_path.display(), "removed a stale control socket");
     }
-    let listener = UnixListener::bind(socket_path).map_err(io_err("bind", socket_path))?;
-    std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(io_err("chmod 0660", socket_path))?;
-    if let Some(gid) = group_id(SOCKET_GROUP) {
-        if let Err(e) = std::os::unix::fs::chown(socket_path, None, Some(gid)) {
-            // Not fatal: the owner can still connect, and the packaged unit runs as a member.
-            tracing::warn!(path = %socket_path.display(), group = SOCKET_GROUP, error = %e,
-                "could not give the control socket to its group; only its owner can use it");
-        }
+    // bind(2) creates the file with the umask's mode, and the chmod comes after: bind inside
+    // a fresh 0700 directory next to the final path, fix mode and group there, and only then
+    // rename it into place, so nobody else can ever connect through a too-open socket.
+    let staging = parent.join(format!(
+        ".ferry-control.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io_err("create staging directory", &staging))?;
     }
-    Ok(listener)
+    let staged = staging.join("control.sock");
+    let result = (|| -> Result<UnixListener, ServeError> {
+        let listener = UnixListener::bind(&staged).map_err(io_err("bind", &staged))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(SOCKET_MODE))
+            .map_err(io_err("chmod 0660", &staged))?;
+        if let Some(gid) = group_id(SOCKET_GROUP) {
+            if let Err(e) = std::os::unix::fs::chown(&staged, None, Some(gid)) {
+                // Not fatal: the owner can still connect, and the packaged unit runs as a member.
+                tracing::warn!(path = %socket_path.display(), group = SOCKET_GROUP, error = %e,
+                    "could not give the control socket to its group; only its owner can use it");
+            }
+        }
+        std::fs::rename(&staged, socket_path).map_err(io_err("move into place", socket_path))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&staging);
+    result
 }
 
 /// The gid of `name`, if such a group exists.

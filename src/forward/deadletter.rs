@@ -244,7 +244,15 @@ impl DeadLetters {
     /// Opens (creating if needed) `<data_dir>/deadletter/deadletter.log` and rebuilds the index.
     pub fn open(data_dir: &Path) -> Result<DeadLetters, DeadLetterError> {
         let dir = data_dir.join("deadletter");
-        std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        {
+            // Owner and group only, like the store's directories (it may create the data dir).
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::store::DATA_DIR_MODE)
+                .create(&dir)
+                .map_err(io_err("create directory", &dir))?;
+        }
         let path = dir.join(FILE_NAME);
         let mut file = OpenOptions::new()
             .read(true)

@@ -43,7 +43,7 @@ use super::mapping::KafkaRecord;
 use crate::store::ClassId;
 
 /// Kafka connection and producer settings (the `[kafka]` section of the config).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaOptions {
     /// `host:port[,host:port...]`.
@@ -82,6 +82,35 @@ fn default_linger_ms() -> u64 {
 }
 fn default_message_timeout_ms() -> u64 {
     300_000
+}
+
+/// Secret property values (SASL and key passwords) are shown as `***`, so the options (and
+/// the forwarder options holding them) can be logged.
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::{KafkaProperties, MASK};
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if KafkaProperties::is_secret(k) {
+                    MASK
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaOptions")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("compression", &self.compression)
+            .field("linger_ms", &self.linger_ms)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("topic_auto_create", &self.topic_auto_create)
+            .field("properties", &props)
+            .finish()
+    }
 }
 
 impl KafkaOptions {
@@ -128,6 +157,25 @@ impl KafkaOptions {
             c.set(k, v);
         }
         Ok(c)
+    }
+}
+
+/// librdkafka's config errors print the offending value (`Client config error: {desc} {key}
+/// {value}`). Replace it with `***` when the key names a secret or is unknown (a misspelled
+/// `sasl.pasword` may still hold a password), so the error can be logged and shown.
+fn mask_config_error(e: KafkaError) -> KafkaError {
+    match e {
+        KafkaError::ClientConfig(res, desc, key, value) => {
+            let hide = crate::config::KafkaProperties::is_secret(&key)
+                || res == rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN;
+            if !hide || value.is_empty() {
+                return KafkaError::ClientConfig(res, desc, key, value);
+            }
+            // librdkafka's description may quote the value too ("Invalid value \"..\" for").
+            let desc = desc.replace(value.as_str(), crate::config::MASK);
+            KafkaError::ClientConfig(res, desc, key, crate::config::MASK.to_string())
+        }
+        other => other,
     }
 }
 
@@ -340,7 +388,7 @@ impl KafkaProducer {
             .create_with_context(FerryContext { generation, events })
             .map_err(|source| KafkaSetupError::Create {
                 bootstrap: opts.bootstrap_servers.clone(),
-                source,
+                source: mask_config_error(source),
             })?;
         Ok(KafkaProducer { inner, generation })
     }
@@ -432,5 +480,35 @@ mod tests {
         let c = o.client_config().unwrap();
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("batch.size"), Some("100000"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_config_errors() {
+        let mut o = KafkaOptions::new("127.0.0.1:1");
+        o.properties
+            .insert("sasl.password".into(), "hunter2-known".into());
+        o.properties
+            .insert("sasl.username".into(), "ferry-user".into());
+        let dbg = format!("{o:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("ferry-user"), "{dbg}");
+        // A misspelled key is refused by librdkafka, whose message quotes the value.
+        o.properties
+            .insert("sasl.pasword".into(), "hunter2-typo".into());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let Err(e) = KafkaProducer::new(&o, 0, tx) else {
+            panic!("an unknown property must be refused");
+        };
+        let msg = format!("{e} / {e:?}");
+        assert!(msg.contains("sasl.pasword"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        // A bad value of an ordinary key is still shown: the operator needs it.
+        o.properties.remove("sasl.pasword");
+        o.properties.insert("linger.ms".into(), "soon".into());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let Err(e) = KafkaProducer::new(&o, 0, tx) else {
+            panic!("a bad linger.ms must be refused");
+        };
+        assert!(e.to_string().contains("soon"), "{e}");
     }
 }

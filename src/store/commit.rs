@@ -235,6 +235,33 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Creates `dir` and any missing parents with mode 0750 (owner and group; the umask may
+/// narrow it further), so stored messages are never readable by other users, whatever the
+/// umask of whoever started ferry.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DATA_DIR_MODE)
+        .create(dir)
+}
+
+/// Mode of directories the store creates.
+pub const DATA_DIR_MODE: u32 = 0o750;
+
+/// An existing data directory is the operator's: ferry does not change its mode, but says
+/// so when other users can enter it.
+fn warn_if_open_to_others(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(root) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o007 != 0 {
+            tracing::warn!(path = %root.display(), mode = format!("{mode:04o}"),
+                "the data directory is open to other users (they may read stored messages); run `chmod o-rwx` on it");
+        }
+    }
+}
+
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::io::AsRawFd;
@@ -277,8 +304,9 @@ impl Shared {
             }
             None
         } else {
-            std::fs::create_dir_all(root.join("classes"))
+            create_private_dir(&root.join("classes"))
                 .map_err(|e| StoreError::io("create data directory", root, e))?;
+            warn_if_open_to_others(root);
             Some(lock_data_dir(root)?)
         };
         let mut report = RecoveryReport::default();

@@ -37,7 +37,7 @@ mod segment;
 mod space;
 
 pub(crate) use commit::now_ms;
-pub use commit::CommitTicket;
+pub use commit::{CommitTicket, DATA_DIR_MODE};
 pub use reader::Reader;
 pub use record::{Record, StoredRecord};
 pub use recovery::{RecoveryAction, RecoveryReport};

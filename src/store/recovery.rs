@@ -115,7 +115,7 @@ pub(crate) fn recover_class(
     report: &mut RecoveryReport,
 ) -> Result<RecoveredClass> {
     if !read_only {
-        std::fs::create_dir_all(dir)
+        super::commit::create_private_dir(dir)
             .map_err(|e| StoreError::io("create class directory", dir, e))?;
     }
     let (state_file, mut state) = StateFile::open(&dir.join("state"), read_only)?;
@@ -167,7 +167,7 @@ pub(crate) fn recover_class(
             };
             let qpath = quarantine_dir.join(format!("{class}-{seg_name}-{}", super::now_ms()));
             if !read_only {
-                std::fs::create_dir_all(quarantine_dir).map_err(|e| {
+                super::commit::create_private_dir(quarantine_dir).map_err(|e| {
                     StoreError::io("create quarantine directory", quarantine_dir, e)
                 })?;
                 std::fs::copy(path, &qpath)
