@@ -1,9 +1,9 @@
 //! The shared store state and the group-commit writer.
 //!
 //! ```text
-//!  append() ──Cmd::Append──▶ ┌──────────── writer thread ─────────────┐
-//!  append() ──Cmd::Append──▶ │ 1. take what is queued (up to max_bytes,│
-//!  purge()  ──Cmd::Purge───▶ │    lingering up to max_delay)           │
+//!  append() ──Cmd::Batch───▶ ┌──────────── writer thread ─────────────┐
+//!  submit() ──Cmd::Batch───▶ │ 1. take what is queued (up to max_bytes;│
+//!  purge()  ──Cmd::Purge───▶ │    linger ≤ max_delay only after idle)  │
 //!                            │ 2. headroom check (statvfs)             │
 //!                            │ 3. per class: encode one frame, apply   │
 //!                            │    max_bytes (reject / drop_oldest),    │
@@ -53,16 +53,39 @@ impl Future for CommitTicket {
     }
 }
 
-/// See `Writer::run`: how long an empty queue may stay empty before the batch is committed.
+/// See `Writer::run`: while lingering (only after the writer was idle, and only when
+/// `commit_max_delay` > 0), how long an empty queue may stay empty before the batch is
+/// committed.
 const QUIET: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// One append on its way to the writer.
+struct Queued {
+    class: ClassId,
+    rec: Record,
+    size: usize,
+    done: oneshot::Sender<Result<u64>>,
+}
+
+/// Appends gathered by one caller and handed to the writer in one message by
+/// [`Store::submit`](super::Store::submit), e.g. every PUBLISH of one socket read: the writer
+/// sees a client's burst whole, so it can commit at once instead of waiting to see whether
+/// more is coming. Tickets from [`Store::append_to`](super::Store::append_to) resolve only
+/// after the batch was submitted; a batch dropped unsubmitted resolves them to
+/// `StoreError::Closed`.
+#[derive(Default)]
+pub struct AppendBatch(Vec<Queued>);
+
+impl AppendBatch {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 enum Cmd {
-    Append {
-        class: ClassId,
-        rec: Record,
-        size: usize,
-        done: oneshot::Sender<Result<u64>>,
-    },
+    Batch(Vec<Queued>),
     Purge {
         class: ClassId,
         older_than_ms: Option<u64>,
@@ -382,6 +405,26 @@ impl Shared {
     }
 
     pub fn append(&self, class: ClassId, rec: Record) -> Result<CommitTicket> {
+        let mut batch = AppendBatch::default();
+        let ticket = self.append_to(&mut batch, class, rec)?;
+        self.submit(&mut batch)?;
+        Ok(ticket)
+    }
+
+    /// Hands every append in `batch` to the writer in one message (no-op when empty).
+    pub fn submit(&self, batch: &mut AppendBatch) -> Result<()> {
+        if batch.0.is_empty() {
+            return Ok(());
+        }
+        self.send(Cmd::Batch(std::mem::take(&mut batch.0)))
+    }
+
+    pub fn append_to(
+        &self,
+        batch: &mut AppendBatch,
+        class: ClassId,
+        rec: Record,
+    ) -> Result<CommitTicket> {
         let c = self.class(class)?;
         if self.opts.read_only {
             return Err(StoreError::ReadOnly);
@@ -416,12 +459,12 @@ impl Shared {
             });
         }
         let (done, rx) = oneshot::channel();
-        self.send(Cmd::Append {
+        batch.0.push(Queued {
             class,
             rec,
             size,
             done,
-        })?;
+        });
         Ok(CommitTicket(rx))
     }
 
@@ -639,35 +682,46 @@ struct FrameWritten {
 }
 
 impl Writer {
+    /// Group commit with natural batching: whatever queued up while the previous commit was
+    /// writing and syncing is committed at once, as the next batch. Only a writer that was
+    /// idle (blocked on an empty queue) may linger for more, and only when
+    /// `commit_max_delay` > 0: then it waits while appends keep arriving (gaps < `QUIET`), up
+    /// to `commit_max_delay` after the first. Callers that submit a burst as one
+    /// [`AppendBatch`] need no linger at all.
     fn run(&mut self) {
         let tick = std::time::Duration::from_secs(1);
         loop {
             self.io.loops.fetch_add(1, Ordering::Relaxed);
-            let first = match self.rx.recv_timeout(tick) {
-                Ok(c) => c,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.periodic();
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let (first, was_idle) = match self.rx.try_recv() {
+                Ok(c) => (c, false),
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => match self.rx.recv_timeout(tick) {
+                    Ok(c) => (c, true),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.periodic();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
             };
             let mut batch: Vec<Vec<Pending>> =
                 (0..self.classes.len()).map(|_| Vec::new()).collect();
             let mut bytes = 0usize;
             let mut control = None;
-            let deadline = Instant::now() + self.opts.commit_max_delay;
+            let max_delay = self.opts.commit_max_delay;
+            let linger_until = (was_idle && !max_delay.is_zero()).then(|| Instant::now() + max_delay);
             let mut next = Some(first);
             let mut disconnected = false;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Cmd::Append {
-                        class,
-                        rec,
-                        size,
-                        done,
-                    } => {
-                        bytes += size;
-                        batch[class].push(Pending { rec, done });
+                    Cmd::Batch(items) => {
+                        for q in items {
+                            bytes += q.size;
+                            batch[q.class].push(Pending {
+                                rec: q.rec,
+                                done: q.done,
+                            });
+                        }
                     }
                     other => {
                         control = Some(other);
@@ -683,15 +737,10 @@ impl Writer {
                         disconnected = true;
                         None
                     }
-                    Err(mpsc::TryRecvError::Empty) => {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            None
-                        } else {
-                            // Linger for more only while appends keep arriving: a queue that
-                            // stays quiet for QUIET ends the batch early, so a lone
-                            // publisher does not pay the whole max_delay on every commit.
-                            match self.rx.recv_timeout((deadline - now).min(QUIET)) {
+                    Err(mpsc::TryRecvError::Empty) => match linger_until {
+                        Some(deadline) if Instant::now() < deadline => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            match self.rx.recv_timeout(left.min(QUIET)) {
                                 Ok(c) => Some(c),
                                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -700,7 +749,8 @@ impl Writer {
                                 }
                             }
                         }
-                    }
+                        _ => None,
+                    },
                 };
             }
             self.commit(batch);
@@ -721,7 +771,7 @@ impl Writer {
     /// Returns true when the writer must stop.
     fn control(&mut self, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Append { .. } => false,
+            Cmd::Batch(_) => false,
             Cmd::Purge {
                 class,
                 older_than_ms,
@@ -744,11 +794,13 @@ impl Writer {
                 let mut batch: Vec<Vec<Pending>> =
                     (0..self.classes.len()).map(|_| Vec::new()).collect();
                 while let Ok(cmd) = self.rx.try_recv() {
-                    if let Cmd::Append {
-                        class, rec, done, ..
-                    } = cmd
-                    {
-                        batch[class].push(Pending { rec, done });
+                    if let Cmd::Batch(items) = cmd {
+                        for q in items {
+                            batch[q.class].push(Pending {
+                                rec: q.rec,
+                                done: q.done,
+                            });
+                        }
                     }
                 }
                 self.commit(batch);
