@@ -23,6 +23,7 @@ use super::reader::Reader;
 use super::recovery::{recover_class, RecoveryReport};
 use super::segment::{self, ActiveSegment, SegmentMeta};
 use super::*;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -58,11 +59,13 @@ impl Future for CommitTicket {
 /// committed.
 const QUIET: std::time::Duration = std::time::Duration::from_micros(200);
 
-/// One append on its way to the writer.
+/// One append on its way to the writer: its record already encoded (by the caller, off the
+/// writer thread) at `start..start + len` of its batch's buffer.
 struct Queued {
     class: ClassId,
-    rec: Record,
-    size: usize,
+    start: usize,
+    len: usize,
+    timestamp_ms: u64,
     done: oneshot::Sender<Result<u64>>,
 }
 
@@ -73,19 +76,23 @@ struct Queued {
 /// after the batch was submitted; a batch dropped unsubmitted resolves them to
 /// `StoreError::Closed`.
 #[derive(Default)]
-pub struct AppendBatch(Vec<Queued>);
+pub struct AppendBatch {
+    items: Vec<Queued>,
+    /// The batch's records, encoded back to back (the frame body format).
+    buf: Vec<u8>,
+}
 
 impl AppendBatch {
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.items.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.items.is_empty()
     }
 }
 
 enum Cmd {
-    Batch(Vec<Queued>),
+    Batch { items: Vec<Queued>, buf: Bytes },
     Purge {
         class: ClassId,
         older_than_ms: Option<u64>,
@@ -413,10 +420,12 @@ impl Shared {
 
     /// Hands every append in `batch` to the writer in one message (no-op when empty).
     pub fn submit(&self, batch: &mut AppendBatch) -> Result<()> {
-        if batch.0.is_empty() {
+        if batch.items.is_empty() {
             return Ok(());
         }
-        self.send(Cmd::Batch(std::mem::take(&mut batch.0)))
+        let items = std::mem::take(&mut batch.items);
+        let buf = Bytes::from(std::mem::take(&mut batch.buf));
+        self.send(Cmd::Batch { items, buf })
     }
 
     pub fn append_to(
@@ -458,11 +467,17 @@ impl Shared {
                 max_bytes: c.opts.max_bytes,
             });
         }
+        // Encoding here, on the caller's thread, keeps it off the single writer thread.
+        let start = batch.buf.len();
+        rec.encode(&mut batch.buf);
+        let len = batch.buf.len() - start;
+        debug_assert_eq!(len, size, "Record::logical_size must match its encoding");
         let (done, rx) = oneshot::channel();
-        batch.0.push(Queued {
+        batch.items.push(Queued {
             class,
-            rec,
-            size,
+            start,
+            len,
+            timestamp_ms: rec.timestamp_ms,
             done,
         });
         Ok(CommitTicket(rx))
@@ -654,8 +669,20 @@ fn empty_meta(path: &Path, first_seq: u64, logical_start: u64) -> SegmentMeta {
 }
 
 struct Pending {
-    rec: Record,
+    /// The encoded record (a slice of its batch's buffer).
+    data: Bytes,
+    timestamp_ms: u64,
     done: oneshot::Sender<Result<u64>>,
+}
+
+impl Pending {
+    fn new(buf: &Bytes, q: Queued) -> Pending {
+        Pending {
+            data: buf.slice(q.start..q.start + q.len),
+            timestamp_ms: q.timestamp_ms,
+            done: q.done,
+        }
+    }
 }
 
 struct Writer {
@@ -714,13 +741,10 @@ impl Writer {
             let mut disconnected = false;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Cmd::Batch(items) => {
+                    Cmd::Batch { items, buf } => {
                         for q in items {
-                            bytes += q.size;
-                            batch[q.class].push(Pending {
-                                rec: q.rec,
-                                done: q.done,
-                            });
+                            bytes += q.len;
+                            batch[q.class].push(Pending::new(&buf, q));
                         }
                     }
                     other => {
@@ -771,7 +795,7 @@ impl Writer {
     /// Returns true when the writer must stop.
     fn control(&mut self, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Batch(_) => false,
+            Cmd::Batch { .. } => false,
             Cmd::Purge {
                 class,
                 older_than_ms,
@@ -794,12 +818,9 @@ impl Writer {
                 let mut batch: Vec<Vec<Pending>> =
                     (0..self.classes.len()).map(|_| Vec::new()).collect();
                 while let Ok(cmd) = self.rx.try_recv() {
-                    if let Cmd::Batch(items) = cmd {
+                    if let Cmd::Batch { items, buf } = cmd {
                         for q in items {
-                            batch[q.class].push(Pending {
-                                rec: q.rec,
-                                done: q.done,
-                            });
+                            batch[q.class].push(Pending::new(&buf, q));
                         }
                     }
                 }
@@ -836,7 +857,7 @@ impl Writer {
             return;
         }
         let (ok, free) = self.refresh_headroom();
-        let total: usize = batch.iter().flatten().map(|p| p.rec.logical_size()).sum();
+        let total: usize = batch.iter().flatten().map(|p| p.data.len()).sum();
         if !ok || free < self.opts.min_free_bytes.saturating_add(total as u64) {
             for (class, pend) in batch.into_iter().enumerate() {
                 self.classes[class]
@@ -875,11 +896,11 @@ impl Writer {
         let mut failed: Option<StoreError> = None;
         let mut iter = pend.into_iter().peekable();
         while let Some(p) = iter.next() {
-            chunk_bytes += p.rec.logical_size();
+            chunk_bytes += p.data.len();
             chunk.push(p);
             let full = iter
                 .peek()
-                .is_none_or(|n| chunk_bytes + n.rec.logical_size() > frame_limit);
+                .is_none_or(|n| chunk_bytes + n.data.len() > frame_limit);
             if !full {
                 continue;
             }
@@ -978,8 +999,8 @@ impl Writer {
         let mut max_ts = 0;
         let mut tickets = Vec::with_capacity(pend.len());
         for p in pend {
-            p.rec.encode(&mut self.body);
-            max_ts = max_ts.max(p.rec.timestamp_ms);
+            self.body.extend_from_slice(&p.data);
+            max_ts = max_ts.max(p.timestamp_ms);
             tickets.push(p.done);
         }
         let raw_len = self.body.len();
