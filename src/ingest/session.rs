@@ -745,9 +745,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Some(p) => (without_reserved(p.user_properties), p.content_type),
             None => (Vec::new(), None),
         };
+        // Keep a copy for the live feed only while someone subscribes: otherwise the topic
+        // copy and the payload (a slice of the read buffer, which it would keep alive until
+        // the ack) are pure cost.
         let fanout = shared
             .fanout
-            .is_some()
+            .as_ref()
+            .is_some_and(|f| f.has_subscribers())
             .then(|| (topic.clone(), publish.payload.clone()));
         let class = shared.classifier.load().classify(&topic);
         let record = Record {

@@ -92,7 +92,10 @@ impl AppendBatch {
 }
 
 enum Cmd {
-    Batch { items: Vec<Queued>, buf: Bytes },
+    Batch {
+        items: Vec<Queued>,
+        buf: Bytes,
+    },
     Purge {
         class: ClassId,
         older_than_ms: Option<u64>,
@@ -736,7 +739,8 @@ impl Writer {
             let mut bytes = 0usize;
             let mut control = None;
             let max_delay = self.opts.commit_max_delay;
-            let linger_until = (was_idle && !max_delay.is_zero()).then(|| Instant::now() + max_delay);
+            let linger_until =
+                (was_idle && !max_delay.is_zero()).then(|| Instant::now() + max_delay);
             let mut next = Some(first);
             let mut disconnected = false;
             while let Some(cmd) = next.take() {
