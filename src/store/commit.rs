@@ -5,7 +5,8 @@
 //!  submit() ──Cmd::Batch───▶ │ 1. take what is queued (up to max_bytes;│
 //!  purge()  ──Cmd::Purge───▶ │    linger ≤ max_delay only after idle)  │
 //!                            │ 2. headroom check (statvfs)             │
-//!                            │ 3. per class: encode one frame, apply   │
+//!                            │ 3. per class: one frame (the records    │
+//!                            │    arrive encoded; concat + zstd), apply│
 //!                            │    max_bytes (reject / drop_oldest),    │
 //!                            │    roll the segment if full, write()    │
 //!                            │ 4. per class touched: fdatasync         │
