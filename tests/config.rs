@@ -58,7 +58,7 @@ fn default_config_parses_and_matches_the_code_defaults() {
     assert_eq!(file.classes[1].overflow, Overflow::DropOldest);
     assert_eq!(file.classes[2].name, "bulk");
     assert_eq!(file.forward.rate, ByteRate::Unlimited);
-    assert_eq!(file.storage.commit.max_delay, HumanDuration::ms(2));
+    assert_eq!(file.storage.commit.max_delay, HumanDuration::ms(0));
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn store_options_follow_the_config() {
     let o = cfg.store_options();
     assert_eq!(o.data_dir, std::path::PathBuf::from("/var/lib/ferry"));
     assert_eq!(o.segment_bytes, 64 << 20);
-    assert_eq!(o.commit_max_delay, Duration::from_millis(2));
+    assert_eq!(o.commit_max_delay, Duration::ZERO);
     assert_eq!(o.commit_max_bytes, 1 << 20);
     assert_eq!(o.compression_level, 3);
     assert_eq!(o.compress_min_bytes, 512);
@@ -284,7 +284,7 @@ fn effective_config_round_trips_in_human_units_and_masks_secrets() {
     assert_eq!(cfg.kafka.properties.get("sasl.password"), Some("hunter2"));
     let out = cfg.to_toml_string();
     assert!(out.contains("segment_size = \"64MiB\""), "{out}");
-    assert!(out.contains("max_delay = \"2ms\""), "{out}");
+    assert!(out.contains("max_delay = \"0s\""), "{out}");
     assert!(out.contains("max_bytes = \"512MiB\""), "{out}");
     assert!(!out.contains("hunter2"), "{out}");
     assert!(out.contains("\"sasl.password\" = \"***\""), "{out}");

@@ -117,6 +117,42 @@ fn append_read_ack_reopen() {
     assert_eq!(read_all(&store, 1, 1).len(), 10);
 }
 
+/// `append_to` + `submit`: one submitted batch is one commit (the writer does not linger for
+/// it), records come back exactly as appended (encoded on the caller's thread), and a batch
+/// dropped without a submit resolves its tickets to `Closed` and stores nothing.
+#[test]
+fn submitted_batch_is_one_commit_and_an_unsubmitted_one_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::Reject)]);
+    let (store, _) = Store::open(o).unwrap();
+    let mut batch = AppendBatch::default();
+    let tickets: Vec<_> = (0..20)
+        .map(|i| store.append_to(&mut batch, 0, rec(i, 50)).unwrap())
+        .collect();
+    assert_eq!(batch.len(), 20);
+    let before = store.io_stats();
+    store.submit(&mut batch).unwrap();
+    assert!(batch.is_empty());
+    let seqs: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let after = store.io_stats();
+    assert_eq!(after.commits - before.commits, 1);
+    assert_eq!(after.records_written - before.records_written, 20);
+    let got = read_all(&store, 0, 1);
+    assert_eq!(got.len(), 20);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.record, rec(i as u64, 50));
+    }
+
+    let mut dropped = AppendBatch::default();
+    let t = store.append_to(&mut dropped, 0, rec(99, 50)).unwrap();
+    drop(dropped);
+    assert!(matches!(t.wait(), Err(StoreError::Closed)));
+    store.submit(&mut AppendBatch::default()).unwrap();
+    assert_eq!(store.committed(0), 20);
+    assert_eq!(read_all(&store, 0, 1).len(), 20);
+}
+
 #[test]
 fn second_writer_is_refused_and_read_only_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -224,7 +224,7 @@ pub struct CommitConfig {
 impl Default for CommitConfig {
     fn default() -> Self {
         CommitConfig {
-            max_delay: HumanDuration::ms(2),
+            max_delay: HumanDuration::ms(0),
             max_batch: ByteSize::mib(1),
         }
     }

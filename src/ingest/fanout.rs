@@ -143,6 +143,13 @@ impl Fanout {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether any device connection holds a subscription link. Publishers check this
+    /// before keeping a copy of a message for the fan-out, so with nobody subscribed the
+    /// fan-out costs nothing per message.
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.inner.active_subscribers.load(Ordering::Relaxed) > 0
+    }
+
     /// Offers one committed message to local subscribers. Never blocks.
     pub(crate) fn publish(&self, topic: &str, payload: Bytes) {
         if self.inner.active_subscribers.load(Ordering::Relaxed) == 0 {

@@ -23,8 +23,9 @@
 //! # Acknowledgement modes
 //! - `AckMode::Durable` (default): PUBACK (QoS 1) / PUBREC (QoS 2) only after the group commit
 //!   holding the message was `fdatasync`'d. A `kill -9` or power loss never loses an acked
-//!   message. Cost: each ack waits for one commit (`commit_max_delay` + one fdatasync, a few
-//!   ms), so a publisher with few messages in flight is slower.
+//!   message. Cost: each ack waits for its group commit (the commit in progress when it
+//!   arrived, then its own write + fdatasync), so a publisher with few messages in flight is
+//!   slower.
 //! - `AckMode::Fast`: ack as soon as the store accepted the append into its commit queue; the
 //!   fsync happens at the next commit window. A process crash or power loss can lose what was
 //!   acked during the last window (a few ms of traffic), and a refusal found by the writer

@@ -43,7 +43,7 @@ use super::auth::{Acl, Login};
 use super::codec::{self, Codec, Frame, FrameError, Version};
 use super::fanout::Subscriber;
 use super::{AckMode, CloseReason, Refusal, Shared};
-use crate::store::{Record, StoreError};
+use crate::store::{AppendBatch, Record, StoreError};
 use crate::topic::{validate_filter, validate_topic_name};
 
 /// How a connection ended; decides the will message and the last packet sent.
@@ -401,6 +401,7 @@ async fn serve<S>(
         client_id: client_id.clone(),
         acl,
         pending: FuturesOrdered::new(),
+        batch: AppendBatch::default(),
         qos2: HashSet::new(),
         aliases: HashMap::new(),
         keep_alive: (ka > 0).then(|| Duration::from_millis(ka as u64 * 1500)),
@@ -447,6 +448,9 @@ struct Conn<S> {
     client_id: String,
     acl: Acl,
     pending: FuturesOrdered<PendingFuture>,
+    /// Appends of the packets handled since the last socket read, handed to the store in one
+    /// go before waiting for anything (`Store::submit`), so the writer sees the burst whole.
+    batch: AppendBatch,
     /// QoS 2 packet ids received and not yet released (PUBREL): retransmissions of these are
     /// acknowledged again but not stored again.
     qos2: HashSet<u16>,
@@ -516,7 +520,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> End {
+    async fn run(&mut self, stop: watch::Receiver<bool>) -> End {
+        let end = self.run_loop(stop).await;
+        // Publishes handled before the end (e.g. just before a DISCONNECT) are still stored.
+        self.submit_batch();
+        end
+    }
+
+    /// Queues the appends gathered in `batch` for the next group commit.
+    fn submit_batch(&mut self) {
+        if let Err(e) = self.shared.store.submit(&mut self.batch) {
+            // The tickets resolve to an error and the publishes are refused like any failed
+            // append (no ack; the connection closes).
+            tracing::error!(client_id = %self.client_id, error = %e, "handing publishes to the store failed");
+        }
+    }
+
+    async fn run_loop(&mut self, mut stop: watch::Receiver<bool>) -> End {
         if *stop.borrow() {
             return End::Shutdown;
         }
@@ -534,6 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     Err(end) => return end,
                 }
             }
+            self.submit_batch();
             // A client that stops reading blocks only this write; shutdown and takeover
             // still get through.
             let takeover = self.takeover.clone();
@@ -724,9 +745,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Some(p) => (without_reserved(p.user_properties), p.content_type),
             None => (Vec::new(), None),
         };
+        // Keep a copy for the live feed only while someone subscribes: otherwise the topic
+        // copy and the payload (a slice of the read buffer, which it would keep alive until
+        // the ack) are pure cost.
         let fanout = shared
             .fanout
-            .is_some()
+            .as_ref()
+            .is_some_and(|f| f.has_subscribers())
             .then(|| (topic.clone(), publish.payload.clone()));
         let class = shared.classifier.load().classify(&topic);
         let record = Record {
@@ -739,7 +764,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             content_type,
             payload: publish.payload,
         };
-        let ticket = match shared.store.append(class, record) {
+        let ticket = match shared.store.append_to(&mut self.batch, class, record) {
             Ok(t) => t,
             Err(e) => {
                 self.push_ready(qos, pkid, Err(Refused::Store(e)));

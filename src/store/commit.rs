@@ -1,11 +1,12 @@
 //! The shared store state and the group-commit writer.
 //!
 //! ```text
-//!  append() ──Cmd::Append──▶ ┌──────────── writer thread ─────────────┐
-//!  append() ──Cmd::Append──▶ │ 1. take what is queued (up to max_bytes,│
-//!  purge()  ──Cmd::Purge───▶ │    lingering up to max_delay)           │
+//!  append() ──Cmd::Batch───▶ ┌──────────── writer thread ─────────────┐
+//!  submit() ──Cmd::Batch───▶ │ 1. take what is queued (up to max_bytes;│
+//!  purge()  ──Cmd::Purge───▶ │    linger ≤ max_delay only after idle)  │
 //!                            │ 2. headroom check (statvfs)             │
-//!                            │ 3. per class: encode one frame, apply   │
+//!                            │ 3. per class: one frame (the records    │
+//!                            │    arrive encoded; concat + zstd), apply│
 //!                            │    max_bytes (reject / drop_oldest),    │
 //!                            │    roll the segment if full, write()    │
 //!                            │ 4. per class touched: fdatasync         │
@@ -23,6 +24,7 @@ use super::reader::Reader;
 use super::recovery::{recover_class, RecoveryReport};
 use super::segment::{self, ActiveSegment, SegmentMeta};
 use super::*;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -53,15 +55,47 @@ impl Future for CommitTicket {
     }
 }
 
-/// See `Writer::run`: how long an empty queue may stay empty before the batch is committed.
+/// See `Writer::run`: while lingering (only after the writer was idle, and only when
+/// `commit_max_delay` > 0), how long an empty queue may stay empty before the batch is
+/// committed.
 const QUIET: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// One append on its way to the writer: its record already encoded (by the caller, off the
+/// writer thread) at `start..start + len` of its batch's buffer.
+struct Queued {
+    class: ClassId,
+    start: usize,
+    len: usize,
+    timestamp_ms: u64,
+    done: oneshot::Sender<Result<u64>>,
+}
+
+/// Appends gathered by one caller and handed to the writer in one message by
+/// [`Store::submit`](super::Store::submit), e.g. every PUBLISH of one socket read: the writer
+/// sees a client's burst whole, so it can commit at once instead of waiting to see whether
+/// more is coming. Tickets from [`Store::append_to`](super::Store::append_to) resolve only
+/// after the batch was submitted; a batch dropped unsubmitted resolves them to
+/// `StoreError::Closed`.
+#[derive(Default)]
+pub struct AppendBatch {
+    items: Vec<Queued>,
+    /// The batch's records, encoded back to back (the frame body format).
+    buf: Vec<u8>,
+}
+
+impl AppendBatch {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 enum Cmd {
-    Append {
-        class: ClassId,
-        rec: Record,
-        size: usize,
-        done: oneshot::Sender<Result<u64>>,
+    Batch {
+        items: Vec<Queued>,
+        buf: Bytes,
     },
     Purge {
         class: ClassId,
@@ -410,6 +444,28 @@ impl Shared {
     }
 
     pub fn append(&self, class: ClassId, rec: Record) -> Result<CommitTicket> {
+        let mut batch = AppendBatch::default();
+        let ticket = self.append_to(&mut batch, class, rec)?;
+        self.submit(&mut batch)?;
+        Ok(ticket)
+    }
+
+    /// Hands every append in `batch` to the writer in one message (no-op when empty).
+    pub fn submit(&self, batch: &mut AppendBatch) -> Result<()> {
+        if batch.items.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut batch.items);
+        let buf = Bytes::from(std::mem::take(&mut batch.buf));
+        self.send(Cmd::Batch { items, buf })
+    }
+
+    pub fn append_to(
+        &self,
+        batch: &mut AppendBatch,
+        class: ClassId,
+        rec: Record,
+    ) -> Result<CommitTicket> {
         let c = self.class(class)?;
         if self.opts.read_only {
             return Err(StoreError::ReadOnly);
@@ -443,13 +499,19 @@ impl Shared {
                 max_bytes: c.opts.max_bytes,
             });
         }
+        // Encoding here, on the caller's thread, keeps it off the single writer thread.
+        let start = batch.buf.len();
+        rec.encode(&mut batch.buf);
+        let len = batch.buf.len() - start;
+        debug_assert_eq!(len, size, "Record::logical_size must match its encoding");
         let (done, rx) = oneshot::channel();
-        self.send(Cmd::Append {
+        batch.items.push(Queued {
             class,
-            rec,
-            size,
+            start,
+            len,
+            timestamp_ms: rec.timestamp_ms,
             done,
-        })?;
+        });
         Ok(CommitTicket(rx))
     }
 
@@ -639,8 +701,20 @@ fn empty_meta(path: &Path, first_seq: u64, logical_start: u64) -> SegmentMeta {
 }
 
 struct Pending {
-    rec: Record,
+    /// The encoded record (a slice of its batch's buffer).
+    data: Bytes,
+    timestamp_ms: u64,
     done: oneshot::Sender<Result<u64>>,
+}
+
+impl Pending {
+    fn new(buf: &Bytes, q: Queued) -> Pending {
+        Pending {
+            data: buf.slice(q.start..q.start + q.len),
+            timestamp_ms: q.timestamp_ms,
+            done: q.done,
+        }
+    }
 }
 
 struct Writer {
@@ -667,35 +741,44 @@ struct FrameWritten {
 }
 
 impl Writer {
+    /// Group commit with natural batching: whatever queued up while the previous commit was
+    /// writing and syncing is committed at once, as the next batch. Only a writer that was
+    /// idle (blocked on an empty queue) may linger for more, and only when
+    /// `commit_max_delay` > 0: then it waits while appends keep arriving (gaps < `QUIET`), up
+    /// to `commit_max_delay` after the first. Callers that submit a burst as one
+    /// [`AppendBatch`] need no linger at all.
     fn run(&mut self) {
         let tick = std::time::Duration::from_secs(1);
         loop {
             self.io.loops.fetch_add(1, Ordering::Relaxed);
-            let first = match self.rx.recv_timeout(tick) {
-                Ok(c) => c,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.periodic();
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let (first, was_idle) = match self.rx.try_recv() {
+                Ok(c) => (c, false),
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => match self.rx.recv_timeout(tick) {
+                    Ok(c) => (c, true),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.periodic();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
             };
             let mut batch: Vec<Vec<Pending>> =
                 (0..self.classes.len()).map(|_| Vec::new()).collect();
             let mut bytes = 0usize;
             let mut control = None;
-            let deadline = Instant::now() + self.opts.commit_max_delay;
+            let max_delay = self.opts.commit_max_delay;
+            let linger_until =
+                (was_idle && !max_delay.is_zero()).then(|| Instant::now() + max_delay);
             let mut next = Some(first);
             let mut disconnected = false;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Cmd::Append {
-                        class,
-                        rec,
-                        size,
-                        done,
-                    } => {
-                        bytes += size;
-                        batch[class].push(Pending { rec, done });
+                    Cmd::Batch { items, buf } => {
+                        for q in items {
+                            bytes += q.len;
+                            batch[q.class].push(Pending::new(&buf, q));
+                        }
                     }
                     other => {
                         control = Some(other);
@@ -711,15 +794,10 @@ impl Writer {
                         disconnected = true;
                         None
                     }
-                    Err(mpsc::TryRecvError::Empty) => {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            None
-                        } else {
-                            // Linger for more only while appends keep arriving: a queue that
-                            // stays quiet for QUIET ends the batch early, so a lone
-                            // publisher does not pay the whole max_delay on every commit.
-                            match self.rx.recv_timeout((deadline - now).min(QUIET)) {
+                    Err(mpsc::TryRecvError::Empty) => match linger_until {
+                        Some(deadline) if Instant::now() < deadline => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            match self.rx.recv_timeout(left.min(QUIET)) {
                                 Ok(c) => Some(c),
                                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -728,7 +806,8 @@ impl Writer {
                                 }
                             }
                         }
-                    }
+                        _ => None,
+                    },
                 };
             }
             self.commit(batch);
@@ -749,7 +828,7 @@ impl Writer {
     /// Returns true when the writer must stop.
     fn control(&mut self, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Append { .. } => false,
+            Cmd::Batch { .. } => false,
             Cmd::Purge {
                 class,
                 older_than_ms,
@@ -772,11 +851,10 @@ impl Writer {
                 let mut batch: Vec<Vec<Pending>> =
                     (0..self.classes.len()).map(|_| Vec::new()).collect();
                 while let Ok(cmd) = self.rx.try_recv() {
-                    if let Cmd::Append {
-                        class, rec, done, ..
-                    } = cmd
-                    {
-                        batch[class].push(Pending { rec, done });
+                    if let Cmd::Batch { items, buf } = cmd {
+                        for q in items {
+                            batch[q.class].push(Pending::new(&buf, q));
+                        }
                     }
                 }
                 self.commit(batch);
@@ -812,7 +890,7 @@ impl Writer {
             return;
         }
         let (ok, free) = self.refresh_headroom();
-        let total: usize = batch.iter().flatten().map(|p| p.rec.logical_size()).sum();
+        let total: usize = batch.iter().flatten().map(|p| p.data.len()).sum();
         if !ok || free < self.opts.min_free_bytes.saturating_add(total as u64) {
             for (class, pend) in batch.into_iter().enumerate() {
                 self.classes[class]
@@ -851,11 +929,11 @@ impl Writer {
         let mut failed: Option<StoreError> = None;
         let mut iter = pend.into_iter().peekable();
         while let Some(p) = iter.next() {
-            chunk_bytes += p.rec.logical_size();
+            chunk_bytes += p.data.len();
             chunk.push(p);
             let full = iter
                 .peek()
-                .is_none_or(|n| chunk_bytes + n.rec.logical_size() > frame_limit);
+                .is_none_or(|n| chunk_bytes + n.data.len() > frame_limit);
             if !full {
                 continue;
             }
@@ -954,8 +1032,8 @@ impl Writer {
         let mut max_ts = 0;
         let mut tickets = Vec::with_capacity(pend.len());
         for p in pend {
-            p.rec.encode(&mut self.body);
-            max_ts = max_ts.max(p.rec.timestamp_ms);
+            self.body.extend_from_slice(&p.data);
+            max_ts = max_ts.max(p.timestamp_ms);
             tickets.push(p.done);
         }
         let raw_len = self.body.len();

@@ -37,7 +37,7 @@ mod segment;
 mod space;
 
 pub(crate) use commit::now_ms;
-pub use commit::{CommitTicket, DATA_DIR_MODE};
+pub use commit::{AppendBatch, CommitTicket, DATA_DIR_MODE};
 pub use reader::Reader;
 pub use record::{Record, StoredRecord};
 pub use recovery::{RecoveryAction, RecoveryReport};
@@ -78,7 +78,9 @@ pub struct StoreOptions {
     pub classes: Vec<ClassOptions>,
     /// A segment is sealed and a new one started once it reaches this size.
     pub segment_bytes: u64,
-    /// Group commit: the writer waits at most this long for more appends before committing.
+    /// Group commit: appends that queue up while a commit is being written and synced form
+    /// the next commit at once. Only after the writer was idle does it wait for more, at most
+    /// this long and only while appends keep arriving (0 = never wait: the default).
     pub commit_max_delay: Duration,
     /// Group commit: a commit starts as soon as this many payload bytes are pending.
     pub commit_max_bytes: usize,
@@ -103,7 +105,7 @@ impl StoreOptions {
             data_dir,
             classes,
             segment_bytes: 64 << 20,
-            commit_max_delay: Duration::from_millis(2),
+            commit_max_delay: Duration::ZERO,
             commit_max_bytes: 1 << 20,
             compression_level: 3,
             compress_min_bytes: 512,
@@ -324,6 +326,25 @@ impl Store {
     /// error, e.g. a refusal found by the writer or an I/O error).
     pub fn append(&self, class: ClassId, rec: Record) -> Result<CommitTicket> {
         self.inner.append(class, rec)
+    }
+
+    /// Like [`Store::append`], but the append waits in `batch` until [`Store::submit`]: a
+    /// caller with several records at hand (one socket read's PUBLISHes) hands them to the
+    /// writer in one go, so they share a commit without the writer lingering for them. The
+    /// same checks refuse an append at once; the ticket resolves only after the submit.
+    pub fn append_to(
+        &self,
+        batch: &mut AppendBatch,
+        class: ClassId,
+        rec: Record,
+    ) -> Result<CommitTicket> {
+        self.inner.append_to(batch, class, rec)
+    }
+
+    /// Queues every append of `batch` for the next group commit (nothing when empty). On
+    /// `Err` (store closed) the batch's tickets resolve to `StoreError::Closed`.
+    pub fn submit(&self, batch: &mut AppendBatch) -> Result<()> {
+        self.inner.submit(batch)
     }
 
     /// A reader over `class` starting at `from_seq` (records before the first available one
