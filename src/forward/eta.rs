@@ -131,6 +131,12 @@ impl DrainModel {
         let paused: Vec<bool> = (0..n)
             .map(|i| st.paused.get(i).copied().unwrap_or(false))
             .collect();
+        // A class's ETA is when the bytes waiting *now* have been sent: records are sent in
+        // order within a class, so that is when its allocation adds up to its backlog. Its own
+        // newer records queue behind; they still count in the allocation (the class stays
+        // backlogged) and in everyone's competition for the link.
+        let initial = b.clone();
+        let mut sent = vec![0.0f64; n];
         let mut empty_at: Vec<Option<f64>> =
             b.iter().map(|&x| (x < EPS_BYTES).then_some(0.0)).collect();
         let horizon = HORIZON.as_secs_f64();
@@ -218,6 +224,9 @@ impl DrainModel {
                 if b[i] >= EPS_BYTES && net[i] < 0.0 {
                     dt = dt.min(b[i] / -net[i]);
                 }
+                if empty_at[i].is_none() && alloc[i] > 0.0 {
+                    dt = dt.min((initial[i] - sent[i]).max(0.0) / alloc[i]);
+                }
             }
             let sending: f64 = alloc.iter().sum();
             if let Some(x) = budget.filter(|&x| x > EPS_BYTES && sending > 0.0) {
@@ -230,17 +239,16 @@ impl DrainModel {
                 }
                 let was = b[i];
                 b[i] = (b[i] + net[i] * dt).max(0.0);
-                // A class that reaches empty in this step (its event, or float rounding).
-                if was >= EPS_BYTES && net[i] < 0.0 && was / -net[i] <= dt * (1.0 + 1e-9) {
+                if (was >= EPS_BYTES && net[i] < 0.0 && was / -net[i] <= dt * (1.0 + 1e-9))
+                    || b[i] < EPS_BYTES
+                {
                     b[i] = 0.0;
                 }
-                if b[i] < EPS_BYTES {
-                    b[i] = 0.0;
-                    if empty_at[i].is_none() {
-                        empty_at[i] = Some(t + dt);
-                    }
-                } else {
-                    empty_at[i] = None;
+                sent[i] += alloc[i] * dt;
+                if empty_at[i].is_none()
+                    && (sent[i] + EPS_BYTES >= initial[i] * (1.0 - 1e-9) || b[i] == 0.0)
+                {
+                    empty_at[i] = Some(t + dt);
                 }
             }
             if let Some(x) = budget.as_mut() {
@@ -263,7 +271,7 @@ impl DrainModel {
                     )
                 } else {
                     format!(
-                        "not empty within {} days at this rate and ingest",
+                        "not delivered within {} days at this rate and ingest",
                         HORIZON.as_secs() / 86400
                     )
                 }
@@ -477,25 +485,30 @@ mod tests {
         let f = m.forecast(&state([0.0, 0.0, 1000.0 * KIB], [0.0, 20.0 * KIB, 0.0]));
         assert!(close(secs(&f.classes[2]), 12.5), "{f:?}");
         assert_eq!(f.classes[1], Eta::Secs(0.0));
-        // Bulk's own ingest of 10 KiB/s on top: 1000 / (80 - 10).
+        // Bulk's own new records queue behind its backlog: they do not delay it.
         let f = m.forecast(&state(
             [0.0, 0.0, 1000.0 * KIB],
             [0.0, 20.0 * KIB, 10.0 * KIB],
+        ));
+        assert!(close(secs(&f.classes[2]), 12.5), "{f:?}");
+        // Critical's new alarms go first and do delay bulk: 1000 / (80 - 10).
+        let f = m.forecast(&state(
+            [0.0, 0.0, 1000.0 * KIB],
+            [10.0 * KIB, 20.0 * KIB, 0.0],
         ));
         assert!(close(secs(&f.classes[2]), 1000.0 / 70.0), "{f:?}");
     }
 
     #[test]
     fn ingest_above_the_rate_never_drains() {
-        let m = factory(10 * 1024);
-        let f = m.forecast(&state([0.0, 0.0, 100.0 * KIB], [0.0, 12.0 * KIB, 0.0]));
-        // Telemetry (12 KiB/s in, at most 9.5 KiB/s out) only grows; bulk still drains at its
-        // 0.5 KiB/s share.
+        // Alarms arrive at 12 KiB/s on a 10 KiB/s link; bulk has no share: it never goes.
+        let mut m = factory(10 * 1024);
+        m.classes[2].min_share = 0.0;
+        let f = m.forecast(&state([0.0, 0.0, 100.0 * KIB], [12.0 * KIB, 0.0, 0.0]));
         assert!(
-            matches!(&f.classes[1], Eta::Unknown(w) if w.contains("not empty")),
+            matches!(&f.classes[2], Eta::Unknown(w) if w.contains("not delivered")),
             "{f:?}"
         );
-        assert!(close(secs(&f.classes[2]), 200.0), "{f:?}");
         assert!(matches!(f.total, Eta::Unknown(_)));
     }
 
@@ -506,10 +519,12 @@ mod tests {
         // 10:00 now: closed for an hour, then 10 s of drain.
         let f = m.forecast(&state([0.0, 0.0, 1000.0 * KIB], [0.0; 3]));
         assert!(close(secs(&f.classes[2]), 3610.0), "{f:?}");
-        // Ingest meanwhile accumulates: 1 KiB/s of bulk for the hour is 3600 KiB more,
-        // drained at 99 KiB/s net.
-        let f = m.forecast(&state([0.0, 0.0, 1000.0 * KIB], [0.0, 0.0, KIB]));
-        assert!(close(secs(&f.classes[2]), 3600.0 + 4600.0 / 99.0), "{f:?}");
+        // Telemetry arriving meanwhile (1 KiB/s for the hour: 3600 KiB) goes first: bulk
+        // gets its 5 % share while telemetry's queue drains.
+        let f = m.forecast(&state([0.0, 0.0, 1000.0 * KIB], [0.0, KIB, 0.0]));
+        let tel = 3600.0 / 94.0; // telemetry: 95 KiB/s less its own 1 KiB/s ingest
+        let bulk = 3600.0 + tel + (1000.0 - 5.0 * tel) / 99.0;
+        assert!(close(secs(&f.classes[2]), bulk), "{f:?}");
         // An hour-long window that is too short: continues the next day at 11:00.
         let f = m.forecast(&state([0.0, 0.0, 3600.0 * 200.0 * KIB], [0.0; 3]));
         assert!(
@@ -608,13 +623,13 @@ mod tests {
     #[test]
     fn starved_lower_class_grows_then_drains() {
         // Bulk (share 0.05) arriving at 10 KiB/s while critical drains: bulk gets 5 KiB/s
-        // and queues; after critical empties at ~1.05 s, bulk drains its queue.
+        // and queues behind its 10 KiB backlog, which is sent after 2 s at its share.
         let m = factory(100 * 1024);
-        let f = m.forecast(&state([100.0 * KIB, 0.0, 0.0], [0.0, 0.0, 10.0 * KIB]));
-        let crit = secs(&f.classes[0]);
-        assert!(close(crit, 100.0 / 95.0), "{f:?}");
-        let queued = crit * 5.0 * KIB;
-        let bulk = crit + queued / (90.0 * KIB);
-        assert!(close(secs(&f.classes[2]), bulk), "{f:?}");
+        let f = m.forecast(&state(
+            [200.0 * KIB, 0.0, 10.0 * KIB],
+            [0.0, 0.0, 10.0 * KIB],
+        ));
+        assert!(close(secs(&f.classes[0]), 200.0 / 95.0), "{f:?}");
+        assert!(close(secs(&f.classes[2]), 2.0), "{f:?}");
     }
 }
