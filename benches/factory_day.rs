@@ -117,6 +117,10 @@ type ConnBytes = Arc<(AtomicU64, AtomicU64)>;
 struct CountingProxy {
     port: u16,
     conns: Arc<Mutex<Vec<ConnBytes>>>,
+    /// While set, the link is down: new connections are closed at once.
+    down: Arc<AtomicBool>,
+    /// Open connections (both ends), to cut them when the link goes down.
+    streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl CountingProxy {
@@ -125,9 +129,16 @@ impl CountingProxy {
         let port = listener.local_addr().expect("proxy addr").port();
         let conns: Arc<Mutex<Vec<ConnBytes>>> = Arc::default();
         let list = conns.clone();
+        let down: Arc<AtomicBool> = Arc::default();
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (down2, streams2) = (down.clone(), streams.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                if down2.load(Ordering::Relaxed) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
@@ -136,12 +147,32 @@ impl CountingProxy {
                 let counts: ConnBytes = Arc::default();
                 list.lock().unwrap().push(counts.clone());
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                {
+                    let mut st = streams2.lock().unwrap();
+                    st.push(client.try_clone().unwrap());
+                    st.push(server.try_clone().unwrap());
+                }
                 let up = counts.clone();
                 std::thread::spawn(move || pump(client, server, &up.0));
                 std::thread::spawn(move || pump(s2, c2, &counts.1));
             }
         });
-        CountingProxy { port, conns }
+        CountingProxy {
+            port,
+            conns,
+            down,
+            streams,
+        }
+    }
+
+    /// Takes the link down (cutting open connections) or brings it back.
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+        if down {
+            for s in self.streams.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 
     /// (producer bytes to the broker, consumer bytes from the broker).
@@ -808,11 +839,32 @@ fn main() {
 
     // Catch-up: watch until every message acknowledged before the window is delivered.
     let mut drained_at: [Option<u64>; 3] = [None; 3];
-    // ETA samples: [0] the first one ferry gives, [1] the first one at least
-    // FACTORY_ETA_AT_SECS after the window opened (its drain-rate window is full by then).
+    // ETA samples: [0] the one `ferry status` gives right after the window opened, [1] the
+    // first one at least FACTORY_ETA_AT_SECS after the window opened. Each is scored against
+    // the time until every message acknowledged when it was taken is delivered.
     let eta_at: u64 = env_or("FACTORY_ETA_AT_SECS", 12) * 1000;
     let mut eta_first: [[Option<(u64, f64, HashSet<u64>)>; 2]; 3] = Default::default();
     let mut eta_drained: [[Option<u64>; 2]; 3] = [[None; 2]; 3];
+    let st_eta_open = status(&config);
+    let eta_open_ms = now_ms();
+    let mut eta_total: Option<(f64, [HashSet<u64>; 3])> = None;
+    let mut eta_total_drained: Option<u64> = None;
+    if let Some(st) = &st_eta_open {
+        let ids: [HashSet<u64>; 3] = {
+            let pb = published.lock().unwrap();
+            std::array::from_fn(|c| pb.acked[c].keys().copied().collect())
+        };
+        for (c, name) in CLASSES.iter().enumerate() {
+            if let Some(eta) = class_field(st, name, "eta_secs") {
+                if class_field(st, name, "bytes").unwrap_or(0.0) > 0.0 {
+                    eta_first[c][0] = Some((eta_open_ms, eta, ids[c].clone()));
+                }
+            }
+        }
+        if let Some(t) = st["eta"]["total_secs"].as_f64() {
+            eta_total = Some((t, ids));
+        }
+    }
     let catchup_deadline = Instant::now() + p.max_catchup;
     loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -835,6 +887,11 @@ fn main() {
                     }
                 }
             }
+            if let (Some((_, ids)), None) = (&eta_total, eta_total_drained) {
+                if (0..3).all(|c| ids[c].iter().all(|id| d.first[c].contains_key(id))) {
+                    eta_total_drained = Some(t);
+                }
+            }
         }
         if let Some(st) = status(&config) {
             for (c, name) in CLASSES.iter().enumerate() {
@@ -852,7 +909,9 @@ fn main() {
                 }
             }
         }
-        if drained_at.iter().all(Option::is_some) {
+        if drained_at.iter().all(Option::is_some)
+            && (eta_total.is_none() || eta_total_drained.is_some())
+        {
             break;
         }
         if Instant::now() >= catchup_deadline {
@@ -1008,10 +1067,21 @@ fn main() {
             .unwrap_or(caught_up_ms)
             - open_ms,
     );
-    let backlog_wire = st_open["classes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| c["bytes"].as_f64()).sum::<f64>())
-        .unwrap_or(0.0);
+    // The backlog as the throttle meters it (Kafka payload + key + headers), from `ferry
+    // status` right after the window opened; the stored (logical) bytes where it has none.
+    let (backlog_wire, measure) = match st_eta_open
+        .as_ref()
+        .and_then(|st| st["eta"]["wire_bytes"].as_f64())
+    {
+        Some(w) => (w, "backlog bytes as the throttle counts them"),
+        None => (
+            st_open["classes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|c| c["bytes"].as_f64()).sum::<f64>())
+                .unwrap_or(0.0),
+            "backlog bytes (stored)",
+        ),
+    };
     let simple_min = backlog_wire / rate;
     row(
         "catch-up time (window open -> all backlog delivered)",
@@ -1019,7 +1089,7 @@ fn main() {
         "—",
     );
     row(
-        "theoretical minimum A: backlog bytes at open / throttle",
+        &format!("theoretical minimum A: {measure} at open / throttle"),
         format!(
             "{:.1} MB / {:.0} KiB/s = {simple_min:.1} s -> ratio **{:.2}x**",
             backlog_wire / 1e6,
@@ -1088,33 +1158,72 @@ fn main() {
         format!("{cpu_c:.1} % / {rss_c:.1} MiB / {rss_c_max:.1} MiB"),
         "—",
     );
+    let closed_eta = |name: &str| match (
+        class_field(&st_open, name, "eta_secs"),
+        st_open["classes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == *name))
+            .and_then(|c| c["eta_note"].as_str()),
+    ) {
+        (Some(e), _) => format!("{e:.0} s"),
+        (None, Some(n)) => format!("unknown ({n})"),
+        (None, None) => "none".to_string(),
+    };
     for (c, name) in CLASSES.iter().enumerate() {
-        let at_open = class_field(&st_open, name, "eta_secs")
-            .map_or("none (no drain rate yet)".to_string(), |e| {
-                format!("{e:.0} s")
-            });
-        let mut v = format!("at open: {at_open}");
-        for (k, what) in ["first ETA", "first ETA after the rate window filled"]
-            .iter()
-            .enumerate()
+        let mut v = format!("window still closed: {}", closed_eta(name));
+        for (k, what) in [
+            "at window open".to_string(),
+            format!("first after {} s", eta_at / 1000),
+        ]
+        .iter()
+        .enumerate()
         {
             v.push_str(&match (&eta_first[c][k], eta_drained[c][k]) {
                 (Some((t, eta, _)), Some(done)) => {
                     let actual = secs(done - t);
                     format!(
-                        "; {what} ({:.1} s after open): {eta:.0} s, actual {actual:.1} s (**{:+.0} %**)",
+                        "; {what} (+{:.1} s): {eta:.0} s, actual {actual:.1} s (**{:+.0} %**)",
                         secs(t - open_ms),
                         (eta - actual) / actual.max(0.001) * 100.0
                     )
                 }
                 (Some((t, eta, _)), None) => format!(
-                    "; {what} ({:.1} s after open): {eta:.0} s, that backlog never drained",
+                    "; {what} (+{:.1} s): {eta:.0} s, that backlog never drained",
                     secs(t - open_ms)
                 ),
                 _ => format!("; {what}: none while a backlog waited"),
             });
         }
         row(&format!("`ferry status` ETA `{name}`"), v, "± 10 %");
+    }
+    if let Some(st) = &st_eta_open {
+        let e = &st["eta"];
+        let v = match (&eta_total, eta_total_drained) {
+            (Some((eta, _)), Some(done)) => {
+                let actual = secs(done - eta_open_ms);
+                format!(
+                    "{eta:.0} s, actual {actual:.1} s (**{:+.0} %**); forecast from {} at {:.0} KiB/s, \
+                     {:.1} MB waiting as the throttle counts it, live ingest {:.1} KiB/s",
+                    (eta - actual) / actual.max(0.001) * 100.0,
+                    e["basis"].as_str().unwrap_or("?"),
+                    e["rate_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1024.0,
+                    e["wire_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    e["ingest_wire_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1024.0,
+                )
+            }
+            (Some((eta, _)), None) => format!("{eta:.0} s, the backlog never drained"),
+            (None, _) => format!(
+                "none: {}",
+                e["total_note"]
+                    .as_str()
+                    .unwrap_or("no forecast in ferry status")
+            ),
+        };
+        row(
+            "`ferry status` total ETA at window open vs all of that backlog delivered",
+            v,
+            "± 10 %",
+        );
     }
     row(
         "publish errors / refused (ferry status)",
@@ -1151,9 +1260,40 @@ fn main() {
         load_start.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         load_end.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     ));
-    report.push_str("| measure | value | goal |\n|---|---|---|\n");
+    // The alternative, same devices and outage, after ferry's run (FACTORY_ALT=0 skips it).
+    let alt = if env_or("FACTORY_ALT", 1) == 1 {
+        eprintln!("factory-day: the alternative: mosquitto + librdkafka bridge");
+        Some(run_alternative(&p, &dir))
+    } else {
+        None
+    };
+    if alt.is_some() {
+        report.push_str(
+            "| measure | ferry | Mosquitto (persistence on) + plain librdkafka bridge, same outage | goal |\n|---|---|---|---|\n",
+        );
+    } else {
+        report.push_str("| measure | value | goal |\n|---|---|---|\n");
+    }
     for (m, v, g) in &rows {
-        report.push_str(&format!("| {m} | {v} | {g} |\n"));
+        match &alt {
+            Some(a) => {
+                let av = a.get(m).map_or("—", String::as_str);
+                report.push_str(&format!("| {m} | {v} | {av} | {g} |\n"));
+            }
+            None => report.push_str(&format!("| {m} | {v} | {g} |\n")),
+        }
+    }
+    if alt.is_some() {
+        report.push_str(
+            "\nAlternative column: the same devices and outage length against Mosquitto \
+             (persistence on, defaults otherwise: max_queued_messages 1000) and a plain bridge \
+             in the runner (rumqttc subscriber on `#`, persistent session, QoS1, acknowledging \
+             on receipt; librdkafka producer, idempotent, acks=all, zstd, default 100k-message \
+             in-memory queue and 5 min message timeout; waits and retries on a full queue). Its \
+             outage is the Kafka link cut at the proxy (a plain bridge has no window), and it \
+             has no throttle, so its catch-up time is not comparable to a throttled one; its \
+             catch-up order is what librdkafka's per-partition queues give.\n",
+        );
     }
     if d.unparsable > 0 {
         report.push_str(&format!(
@@ -1169,4 +1309,290 @@ fn main() {
         eprintln!("factory-day: {lost_total} acknowledged messages were not delivered");
         std::process::exit(1);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The nearest alternative: Mosquitto (persistence on, as Debian ships it) and a plain bridge,
+// a rumqttc subscriber on `#` producing every message to Kafka with librdkafka (idempotent,
+// acks=all, zstd), no durable buffer of its own beyond librdkafka's in-memory queue. The
+// subscriber session is persistent (clean session off, QoS1) so Mosquitto queues for it;
+// rumqttc acknowledges a publish as soon as it has read it, before Kafka has it — which is
+// what a plain bridge does. On a full librdkafka queue the bridge waits and retries (back
+// pressure onto Mosquitto, which queues up to its `max_queued_messages`, 1000 by default,
+// and then drops). There is no throttle and no priority: it sends as fast as the link takes.
+
+struct CountErrors(Arc<AtomicU64>);
+
+impl rdkafka::ClientContext for CountErrors {}
+
+impl rdkafka::producer::ProducerContext for CountErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if r.is_err() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn class_of(topic: &str) -> usize {
+    let mut parts = topic.split('/');
+    match parts.nth(1) {
+        Some("alarm") => CRIT,
+        Some("bulk") => BULK,
+        _ => TELE,
+    }
+}
+
+/// The bridge; returns (messages received from Mosquitto, delivery failures reported by
+/// librdkafka) when `stop` is set.
+fn run_bridge(mqtt: u16, bootstrap: String, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let failed = Arc::new(AtomicU64::new(0));
+    let producer: rdkafka::producer::ThreadedProducer<CountErrors> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .set("log_level", "3")
+        .create_with_context(CountErrors(failed.clone()))
+        .expect("bridge producer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("bridge runtime");
+    let received = rt.block_on(async {
+        let mut o = MqttOptions::new("kafka-bridge", "127.0.0.1", mqtt);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_clean_session(false);
+        let (client, mut eventloop) = AsyncClient::new(o, 1024);
+        client
+            .subscribe("#", QoS::AtLeastOnce)
+            .await
+            .expect("bridge subscribe");
+        let mut received = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let ev = match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await
+            {
+                Ok(ev) => ev,
+                Err(_) => continue,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    received += 1;
+                    let topic = format!("ferry.{}", CLASSES[class_of(&p.topic)]);
+                    let key = p.topic.split('/').next().unwrap_or("").to_string();
+                    let mut rec = rdkafka::producer::BaseRecord::to(&topic)
+                        .payload(&p.payload[..])
+                        .key(&key);
+                    loop {
+                        match producer.send(rec) {
+                            Ok(()) => break,
+                            Err((_, r)) => {
+                                rec = r;
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("factory-day: bridge: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        received
+    });
+    let _ = producer.flush(Duration::from_secs(30));
+    (received, failed.load(Ordering::Relaxed))
+}
+
+/// The same devices and the same outage against Mosquitto + the bridge; the outage is the
+/// Kafka link cut at the proxy (a plain bridge has no window to close). Returns the figures
+/// keyed by the measure names of the main table.
+fn run_alternative(p: &Params, dir: &Path) -> HashMap<String, String> {
+    let dir = dir.join("alternative");
+    std::fs::create_dir_all(dir.join("mosquitto")).expect("alternative dir");
+    let broker_port = tansu::free_port();
+    let proxy = CountingProxy::start(broker_port);
+    let broker = Broker::start_on(&dir, broker_port, proxy.port);
+    for c in CLASSES {
+        broker.create_topic(&format!("ferry.{c}"));
+    }
+    let bootstrap = format!("127.0.0.1:{}", proxy.port);
+    let mqtt = tansu::free_port();
+    // Debian's /etc/mosquitto/mosquitto.conf: persistence true, persistence_location; the
+    // rest at mosquitto's defaults (max_queued_messages 1000, autosave_interval 1800).
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {mqtt} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            dir.join("mosquitto").display()
+        ),
+    )
+    .expect("mosquitto.conf");
+    let log = std::fs::File::create(dir.join("mosquitto.log")).expect("mosquitto log");
+    let mut mosquitto = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start mosquitto (apt-get install mosquitto)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let delivered: Arc<Mutex<Delivered>> = Arc::default();
+    let consumer = start_consumer(bootstrap.clone(), stop_consumer.clone(), delivered.clone());
+    let stop_bridge = Arc::new(AtomicBool::new(false));
+    let bridge = {
+        let (b, s) = (bootstrap.clone(), stop_bridge.clone());
+        std::thread::spawn(move || run_bridge(mqtt, b, s))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The outage: the Kafka link is down while the devices publish.
+    proxy.set_down(true);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let stop_devices = Arc::new(AtomicBool::new(false));
+    let published: Arc<Mutex<Published>> = Arc::default();
+    let mut conns = Vec::new();
+    for c in 0..p.conns {
+        let devs: Vec<usize> = (0..p.devices).filter(|d| d % p.conns == c).collect();
+        conns.push(rt.spawn(run_connection(
+            c,
+            devs,
+            mqtt,
+            p.clone(),
+            stop_devices.clone(),
+            published.clone(),
+        )));
+    }
+    std::thread::sleep(p.outage);
+    let acked_at_open: [HashSet<u64>; 3] = {
+        let pb = published.lock().unwrap();
+        std::array::from_fn(|c| pb.acked[c].keys().copied().collect())
+    };
+    let open_ms = now_ms();
+    proxy.set_down(false);
+    eprintln!("factory-day: alternative: link up");
+    let mut drained_at: [Option<u64>; 3] = [None; 3];
+    let catchup_deadline =
+        Instant::now() + p.max_catchup.min(p.outage * 3 + Duration::from_secs(60));
+    while Instant::now() < catchup_deadline && drained_at.iter().any(Option::is_none) {
+        std::thread::sleep(Duration::from_millis(500));
+        let t = now_ms();
+        let d = delivered.lock().unwrap();
+        for c in 0..3 {
+            if drained_at[c].is_none()
+                && acked_at_open[c]
+                    .iter()
+                    .all(|id| d.first[c].contains_key(id))
+            {
+                drained_at[c] = Some(t);
+            }
+        }
+    }
+    let caught_up_ms = now_ms();
+    std::thread::sleep(p.tail);
+    stop_devices.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for c in conns {
+            let _ = c.await;
+        }
+    });
+    // Everything acknowledged gets a minute to arrive; what does not is lost.
+    let final_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = {
+            let pb = published.lock().unwrap();
+            let d = delivered.lock().unwrap();
+            (0..3).all(|c| pb.acked[c].keys().all(|id| d.first[c].contains_key(id)))
+        };
+        if all || Instant::now() >= final_deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop_bridge.store(true, Ordering::Relaxed);
+    let (received, failed) = bridge.join().unwrap_or((0, 0));
+    stop_consumer.store(true, Ordering::Relaxed);
+    let _ = consumer.join();
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+    drop(broker);
+
+    let pb = published.lock().unwrap();
+    let d = delivered.lock().unwrap();
+    let mut out = HashMap::new();
+    for (c, name) in CLASSES.iter().enumerate() {
+        let lost = pb.acked[c]
+            .keys()
+            .filter(|id| !d.first[c].contains_key(id))
+            .count();
+        out.insert(
+            format!("`{name}`: acknowledged / delivered / lost / duplicates"),
+            format!(
+                "{} / {} / **{lost}** / {}",
+                pb.acked[c].len(),
+                d.first[c].len(),
+                d.duplicates[c]
+            ),
+        );
+        out.insert(
+            format!("window open -> `{name}` backlog (acked before open) delivered"),
+            drained_at[c].map_or("not drained".to_string(), |t| {
+                format!("{:.1} s after the link came back", secs(t - open_ms))
+            }),
+        );
+    }
+    let bulk_done = drained_at[BULK].unwrap_or(caught_up_ms);
+    let mut lat: Vec<u64> = d
+        .alarm_latency
+        .iter()
+        .filter(|(sent, _)| *sent >= open_ms && *sent < bulk_done)
+        .map(|(s, a)| a.saturating_sub(*s))
+        .collect();
+    lat.sort_unstable();
+    out.insert(
+        "new alarms during catch-up (bulk still draining): publish -> Kafka consumer, p50 / p99 / max"
+            .to_string(),
+        format!(
+            "{} ms / **{} ms** / {} ms (n = {})",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat.last().copied().unwrap_or(0),
+            lat.len()
+        ),
+    );
+    let catchup = drained_at
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or(caught_up_ms)
+        - open_ms;
+    out.insert(
+        "catch-up time (window open -> all backlog delivered)".to_string(),
+        format!("{:.1} s (no throttle)", secs(catchup)),
+    );
+    out.insert(
+        "publish errors / refused (ferry status)".to_string(),
+        format!(
+            "{} / — (bridge: {received} received from Mosquitto, {failed} Kafka delivery failures)",
+            pb.errors
+        ),
+    );
+    out
 }

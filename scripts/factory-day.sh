@@ -17,6 +17,9 @@
 #   FACTORY_ETA_AT_SECS [12]                      when the "settled" `ferry status` ETA is taken
 #   FACTORY_SEED [7]  FACTORY_DIR [$TMPDIR]       payload seed, where the scenario's files live
 #   FACTORY_OUT                                   also write the report to this file
+#   FACTORY_ALT [1]                               then run the same devices and outage against
+#                                                 Mosquitto + a plain librdkafka bridge (needs
+#                                                 `mosquitto`: apt-get install mosquitto); 0 skips
 #   FERRY_BIN                                     a different ferry binary (default: this build)
 #
 # Long run (an hour-long outage, ~45 MB/min of bulk, 2 MiB/s window):

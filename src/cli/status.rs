@@ -23,9 +23,19 @@ dead-letter list/show, export) read [storage] data_dir without changing it.
 
 Columns: RECORDS and BYTES wait for delivery; OLDEST is the age of the oldest
 waiting record; ACKED is the last sequence Kafka acknowledged; DROPS counts
-records removed without delivery (limits, purge, corruption); ETA is the time
-to empty the class at its current drain rate, FITS whether that ends before
-the current window (or drain override) closes.";
+records removed without delivery (limits, purge, corruption); ETA is when the
+class's backlog will have been delivered, FITS whether that is before the
+current window (or drain override) closes.
+
+The ETA is a forecast from the policy, not from a trailing rate: the throttle
+rate in force (time-of-day profiles, daily budget, per-class caps), the window
+schedule and any drain override (a closed window adds the time until it
+opens), priorities and min shares (higher classes drain first), and the live
+ingest measured now (the backlog keeps growing while it drains). Bytes are
+counted as the throttle meters them: Kafka payload + key + headers,
+uncompressed. When the link is unthrottled, the recently measured drain rate
+is used, or the ETA is `?` (unknown) until one is measured. The forecast
+assumes the Kafka link is up.";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -153,6 +163,9 @@ pub fn render(r: &StatusReport) -> String {
             fmt::byte_rate(f.drain.bytes_per_sec),
             fmt::bytes(f.in_flight_bytes)
         );
+        if let Some(e) = &r.eta {
+            let _ = writeln!(s, "{}", fmt::clip(&eta_line(e), fmt::WIDTH));
+        }
         let paused: Vec<&str> = r
             .classes
             .iter()
@@ -207,7 +220,12 @@ pub fn render(r: &StatusReport) -> String {
                 Some(false) => "active".into(),
                 None => "-".into(),
             },
-            c.eta_secs.map_or("-".into(), fmt::age),
+            match (c.eta_secs, &c.eta_note) {
+                (Some(e), _) => fmt::age(e),
+                (None, Some(n)) if n == "paused" => "paused".into(),
+                (None, Some(_)) => "?".into(),
+                (None, None) => "-".into(),
+            },
             match c.fits_window {
                 Some(true) => "yes".into(),
                 Some(false) => "no".into(),
@@ -223,9 +241,36 @@ pub fn render(r: &StatusReport) -> String {
         String::new(),
         String::new(),
         String::new(),
-        String::new(),
+        r.eta
+            .as_ref()
+            .map_or(String::new(), |e| e.total_secs.map_or("?".into(), fmt::age)),
         String::new(),
     ]);
     s.push_str(&t.render());
     s
+}
+
+/// `eta  all delivered in 4m 10s (throttle 512 KiB/s, 120 MiB waiting, ingest 40 KiB/s)`.
+fn eta_line(e: &crate::control::EtaView) -> String {
+    let when = match (e.total_secs, &e.total_note) {
+        (Some(0), _) => "nothing waiting".to_string(),
+        (Some(t), _) => format!("all delivered in {}", fmt::age(t)),
+        (None, Some(n)) => format!("unknown: {n}"),
+        (None, None) => "unknown".to_string(),
+    };
+    let rate = match (e.basis.as_str(), e.rate_bytes_per_sec) {
+        ("measured", _) => "unthrottled, measured drain rate".to_string(),
+        (_, Some(r)) => format!("throttle {}", fmt::byte_rate(r as f64)),
+        (_, None) => "unthrottled".to_string(),
+    };
+    let link = if e.link_up || e.total_secs == Some(0) {
+        ""
+    } else {
+        "; if the link comes up now"
+    };
+    format!(
+        "eta       {when} ({rate}, {} waiting, ingest {}{link})",
+        fmt::bytes(e.wire_bytes),
+        fmt::byte_rate(e.ingest_wire_bytes_per_sec)
+    )
 }

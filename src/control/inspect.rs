@@ -8,18 +8,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::forward::clock::{Clock, SystemClock};
 use crate::forward::deadletter::{DeadLetter, DeadLetterInfo, DeadLetters};
-use crate::forward::ForwarderStatus;
+use crate::forward::eta::{DrainState, Eta, Forecast};
+use crate::forward::mapping::Mapper;
+use crate::forward::{DrainContext, ForwarderStatus};
 use crate::store::{
     ClassId, ClassOptions, Overflow, Store, StoreError, StoreOptions, StoredRecord,
 };
 use crate::topic::{filter_matches, validate_filter};
 
 use super::{
-    BacklogReport, ClassBacklog, ClassView, DeadLetterEntry, DeadLetterSummary, ForwarderView,
-    PeekFrom, PeekRecord, PeekReport, PrefixBacklog, Rate, StatusReport,
+    BacklogReport, ClassBacklog, ClassView, DeadLetterEntry, DeadLetterSummary, EtaView,
+    ForwarderView, PeekFrom, PeekRecord, PeekReport, PrefixBacklog, Rate, StatusReport,
 };
 
 /// Prefixes listed per class unless asked otherwise.
@@ -125,6 +129,8 @@ struct Sample {
     committed: u64,
     written_bytes: u64,
     acked_bytes: Vec<u64>,
+    /// Per class: acknowledged end + waiting bytes, which grows by the bytes appended.
+    class_written: Vec<u64>,
 }
 
 /// Rates derived from the samples.
@@ -132,6 +138,8 @@ struct Sample {
 pub struct Rates {
     pub ingest: Rate,
     pub class_drain_bytes_per_sec: Vec<f64>,
+    /// Logical bytes appended per second, per class.
+    pub class_ingest_bytes_per_sec: Vec<f64>,
 }
 
 impl RateTracker {
@@ -156,6 +164,10 @@ impl RateTracker {
                 .map(|c| c.acked.logical_end + c.logical_bytes)
                 .sum(),
             acked_bytes: stats.iter().map(|c| c.acked.logical_end).collect(),
+            class_written: stats
+                .iter()
+                .map(|c| c.acked.logical_end + c.logical_bytes)
+                .collect(),
         };
         self.samples.push_back(s);
         while self.samples.len() > 2
@@ -191,6 +203,12 @@ impl RateTracker {
                 .enumerate()
                 .map(|(i, y)| per_sec(a.acked_bytes.get(i).copied().unwrap_or(*y), *y))
                 .collect(),
+            class_ingest_bytes_per_sec: b
+                .class_written
+                .iter()
+                .enumerate()
+                .map(|(i, y)| per_sec(a.class_written.get(i).copied().unwrap_or(*y), *y))
+                .collect(),
         }
     }
 }
@@ -200,7 +218,80 @@ pub struct Live {
     pub started_at_ms: u64,
     pub pid: u32,
     pub forwarder: Option<ForwarderStatus>,
+    /// The forwarder's policy model and mapping, for the drain forecast.
+    pub drain: Option<Arc<DrainContext>>,
     pub rates: Rates,
+}
+
+/// Records read from the head of a class's backlog to measure its wire bytes per logical byte.
+const WIRE_SAMPLE_RECORDS: usize = 512;
+const WIRE_SAMPLE_BYTES: usize = 512 << 10;
+
+/// Wire bytes (as the throttle meters them: [`crate::forward::mapping::KafkaRecord::wire_size`])
+/// per logical (stored, uncompressed) byte, measured on the next records the forwarder will
+/// send of `class`: up to [`WIRE_SAMPLE_RECORDS`] from the acknowledged position. `None` when
+/// nothing waits or the store cannot be read.
+fn wire_ratio(store: &Store, class: ClassId, mapper: &Mapper) -> Option<f64> {
+    let mut reader = store.reader(class, store.acked(class).seq + 1).ok()?;
+    let batch = reader
+        .read_batch(WIRE_SAMPLE_RECORDS, WIRE_SAMPLE_BYTES)
+        .ok()?;
+    let (mut logical, mut wire) = (0usize, 0usize);
+    for r in &batch {
+        logical += r.record.logical_size();
+        // An unmappable record goes to the dead-letter log; the forwarder charges its payload.
+        wire += mapper
+            .map(class, r)
+            .map_or(r.record.payload.len(), |k| k.wire_size());
+    }
+    (logical > 0).then(|| wire as f64 / logical as f64)
+}
+
+/// The drain forecast for `status`: per class and total, from the policy model.
+fn forecast(
+    store: &Store,
+    live: &Live,
+    fwd: &ForwarderStatus,
+    ctx: &DrainContext,
+    now: u64,
+) -> (Forecast, Vec<f64>, Vec<f64>) {
+    let stats = store.stats();
+    let ratios: Vec<Option<f64>> = (0..stats.len())
+        .map(|c| wire_ratio(store, c, &ctx.mapper))
+        .collect();
+    let backlog: Vec<f64> = stats
+        .iter()
+        .zip(&ratios)
+        .map(|(st, r)| st.logical_bytes as f64 * r.unwrap_or(1.0))
+        .collect();
+    // Live ingest converted with the same ratio (logical bytes where nothing waits to sample).
+    let ingest: Vec<f64> = (0..stats.len())
+        .map(|c| {
+            live.rates
+                .class_ingest_bytes_per_sec
+                .get(c)
+                .copied()
+                .unwrap_or(0.0)
+                * ratios[c].unwrap_or(1.0)
+        })
+        .collect();
+    let paused = stats
+        .iter()
+        .map(|st| fwd.all_paused || fwd.classes.iter().any(|c| c.name == st.name && c.paused))
+        .collect();
+    let state = DrainState {
+        local_now: SystemClock::local().now().local,
+        drain_override: fwd
+            .drain_now_until_ms
+            .filter(|&u| u > now)
+            .map(|u| std::time::Duration::from_millis(u - now)),
+        backlog: backlog.clone(),
+        ingest: ingest.clone(),
+        paused,
+        measured_drain: Some(fwd.drain_bytes_per_sec),
+        budget_left: fwd.budget_left_bytes,
+    };
+    (ctx.model.forecast(&state), backlog, ingest)
 }
 
 pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>) -> StatusReport {
@@ -214,15 +305,21 @@ pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>)
             None => None,
         }
     });
+    let fc = match (live, fwd) {
+        (Some(l), Some(f)) => l.drain.as_ref().map(|ctx| forecast(store, l, f, ctx, now)),
+        _ => None,
+    };
+    let secs_of = |e: &Eta| e.secs().map(|s| s.ceil() as u64);
+    let note_of = |e: &Eta| match e {
+        Eta::Unknown(w) => Some(w.clone()),
+        Eta::Secs(_) => None,
+    };
     let mut classes = Vec::new();
     for (id, st) in store.stats().into_iter().enumerate() {
         let fcls = fwd.and_then(|f| f.classes.iter().find(|c| c.name == st.name));
         let drain = live.and_then(|l| l.rates.class_drain_bytes_per_sec.get(id).copied());
-        let eta_secs = match drain {
-            _ if st.logical_bytes == 0 => live.map(|_| 0),
-            Some(r) if r > 0.0 => Some((st.logical_bytes as f64 / r).ceil() as u64),
-            _ => None,
-        };
+        let eta = fc.as_ref().and_then(|(f, _, _)| f.classes.get(id));
+        let eta_secs = eta.and_then(secs_of);
         let fits_window = match (eta_secs, window_end) {
             (Some(eta), Some(Some(end))) => Some(now + eta * 1000 <= end),
             (Some(_), Some(None)) => Some(true),
@@ -247,6 +344,11 @@ pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>)
             in_flight_records: fcls.map(|c| c.in_flight_records),
             drain_bytes_per_sec: drain,
             eta_secs,
+            eta_note: eta.and_then(note_of),
+            wire_bytes: fc
+                .as_ref()
+                .and_then(|(_, b, _)| b.get(id))
+                .map(|b| b.round() as u64),
             fits_window,
             name: st.name,
         });
@@ -284,6 +386,15 @@ pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>)
             stalls: f.stalls,
         }),
         ingest: live.map(|l| l.rates.ingest),
+        eta: fc.as_ref().map(|(f, b, i)| EtaView {
+            total_secs: secs_of(&f.total),
+            total_note: note_of(&f.total),
+            basis: f.basis.to_string(),
+            rate_bytes_per_sec: fwd.and_then(|f| f.throttle_bytes_per_sec),
+            wire_bytes: b.iter().sum::<f64>().round() as u64,
+            ingest_wire_bytes_per_sec: i.iter().sum(),
+            link_up: fwd.is_some_and(|f| f.link == crate::forward::LinkState::Online),
+        }),
         total_records: classes.iter().map(|c| c.records).sum(),
         total_bytes: classes.iter().map(|c| c.bytes).sum(),
         classes,

@@ -210,6 +210,9 @@ pub struct StatusReport {
     /// Records and bytes appended per second over the last ~10 s (absent offline).
     #[serde(default)]
     pub ingest: Option<Rate>,
+    /// The drain forecast for all classes together (absent without a forwarder).
+    #[serde(default)]
+    pub eta: Option<EtaView>,
     pub classes: Vec<ClassView>,
     /// Totals over all classes.
     pub total_records: u64,
@@ -249,6 +252,25 @@ pub struct ForwarderView {
     pub stalls: u64,
 }
 
+/// The drain forecast of `status` (see `forward::eta`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtaView {
+    /// Seconds until every class is empty; absent when unknown (`total_note` says why).
+    pub total_secs: Option<u64>,
+    pub total_note: Option<String>,
+    /// Where the link rate came from: `throttle` (the configured rate in force), `measured`
+    /// (unthrottled: the recent drain rate), `none` (nothing to send).
+    pub basis: String,
+    /// Throttle rate in force now (absent: unlimited).
+    pub rate_bytes_per_sec: Option<u64>,
+    /// Waiting bytes of all classes as the throttle meters them.
+    pub wire_bytes: u64,
+    /// Live ingest included in the forecast, same measure, bytes per second.
+    pub ingest_wire_bytes_per_sec: f64,
+    /// False while the link is not online: the forecast assumes it is.
+    pub link_up: bool,
+}
+
 /// One class in `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassView {
@@ -280,9 +302,18 @@ pub struct ClassView {
     /// Bytes acknowledged per second for this class over the last ~10 s (absent offline).
     #[serde(default)]
     pub drain_bytes_per_sec: Option<f64>,
-    /// Seconds to empty the class at its current drain rate (absent when nothing drains).
+    /// Seconds until the class's backlog is delivered, forecast from the policy (window,
+    /// throttle, priorities, shares) and live ingest; absent when there is no honest figure
+    /// (`eta_note` says why) or no forwarder runs.
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// Why `eta_secs` is absent (`paused`, unthrottled with no measured rate, ...).
+    #[serde(default)]
+    pub eta_note: Option<String>,
+    /// The waiting bytes as the throttle meters them (Kafka payload + key + headers,
+    /// uncompressed), estimated from a sample at the head of the backlog.
+    #[serde(default)]
+    pub wire_bytes: Option<u64>,
     /// Whether that ETA ends before the current window (or drain override) closes; absent when
     /// unknown (no ETA, window closed, or no known end).
     #[serde(default)]

@@ -420,6 +420,7 @@ async fn handle(
                     started_at_ms: ctx.started_at_ms,
                     pid: std::process::id(),
                     forwarder: ctx.forwarder.as_ref().map(|f| f.status()),
+                    drain: ctx.forwarder.as_ref().map(|f| f.drain_context()),
                     rates: r.rates(),
                 }
             };

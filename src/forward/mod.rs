@@ -53,6 +53,7 @@
 
 pub mod clock;
 pub mod deadletter;
+pub mod eta;
 pub mod kafka;
 pub mod mapping;
 pub mod policy;
@@ -198,6 +199,8 @@ pub struct ForwarderStatus {
     pub drain_now_until_ms: Option<u64>,
     /// Throttle rate in bytes/s (None: unlimited).
     pub throttle_bytes_per_sec: Option<u64>,
+    /// Bytes left in today's byte budget (None: no budget).
+    pub budget_left_bytes: Option<u64>,
     pub all_paused: bool,
     pub producer_generation: u64,
     pub producer_resets: u64,
@@ -226,6 +229,7 @@ struct Control {
 
 struct Shared {
     class_names: Vec<String>,
+    drain: Arc<DrainContext>,
     control: Mutex<Control>,
     status: Mutex<ForwarderStatus>,
     wake: Notify,
@@ -237,9 +241,22 @@ pub struct ForwarderHandle {
     shared: Arc<Shared>,
 }
 
+/// What the drain forecast needs from the forwarder besides its status: the policy's model
+/// and the Kafka mapping (to measure backlogs in the bytes the throttle counts).
+#[derive(Debug, Clone)]
+pub struct DrainContext {
+    pub model: eta::DrainModel,
+    pub mapper: Mapper,
+}
+
 impl ForwarderHandle {
     pub fn status(&self) -> ForwarderStatus {
         self.shared.status.lock().clone()
+    }
+
+    /// The policy model and mapping for [`eta`] forecasts.
+    pub fn drain_context(&self) -> Arc<DrainContext> {
+        self.shared.drain.clone()
     }
 
     fn class_index(&self, class: &str) -> Result<usize, ControlError> {
@@ -534,8 +551,15 @@ impl Forwarder {
                 },
             });
         }
+        let drain = Arc::new(DrainContext {
+            model: policy
+                .drain_model()
+                .unwrap_or_else(|| eta::DrainModel::unlimited(&names)),
+            mapper: mapper.clone(),
+        });
         let shared = Arc::new(Shared {
             class_names: names.clone(),
+            drain,
             control: Mutex::new(Control {
                 paused: vec![false; names.len()],
                 ..Default::default()
@@ -549,6 +573,7 @@ impl Forwarder {
                 window_next_change_ms: None,
                 drain_now_until_ms: None,
                 throttle_bytes_per_sec: None,
+                budget_left_bytes: None,
                 all_paused: false,
                 producer_generation: 1,
                 producer_resets: 0,
@@ -1146,6 +1171,7 @@ impl Forwarder {
             st.drain_now_until_ms = drain.map(|(_, ms)| ms);
             st.all_paused = all_paused;
             st.throttle_bytes_per_sec = self.policy.rate_limit();
+            st.budget_left_bytes = self.policy.budget_left();
             for (cs, p) in st.classes.iter_mut().zip(&paused) {
                 cs.paused = *p;
             }

@@ -52,6 +52,15 @@ pub trait Policy: Send {
     fn max_run_bytes(&self, _class: ClassId) -> Option<u64> {
         None
     }
+    /// Bytes left in today's budget (None: no budget), for status and the drain forecast.
+    fn budget_left(&self) -> Option<u64> {
+        None
+    }
+    /// The configured policy as the drain forecast models it ([`super::eta`]); `None` means
+    /// always open, unthrottled, strict priority by class id.
+    fn drain_model(&self) -> Option<super::eta::DrainModel> {
+        None
+    }
 }
 
 /// Always open, unthrottled, strict priority by class order (class 0 first). What the
@@ -259,6 +268,27 @@ impl Policy for Configured {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+    fn budget_left(&self) -> Option<u64> {
+        self.throttles.global.budget_left()
+    }
+    fn drain_model(&self) -> Option<super::eta::DrainModel> {
+        Some(super::eta::DrainModel {
+            windows: self.windows.schedule().clone(),
+            global: self.throttles.global.config().clone(),
+            class_caps: (0..self.scheduler.len())
+                .map(|i| {
+                    self.throttles
+                        .classes
+                        .get(i)
+                        .and_then(|t| t.as_ref())
+                        .map(|t| t.config().clone())
+                })
+                .collect(),
+            classes: (0..self.scheduler.len())
+                .filter_map(|i| self.scheduler.policy(i).cloned())
+                .collect(),
+        })
     }
 }
 
