@@ -495,8 +495,7 @@ mod tests {
         // A misspelled key is refused by librdkafka, whose message quotes the value.
         o.properties
             .insert("sasl.pasword".into(), "hunter2-typo".into());
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let Err(e) = KafkaProducer::new(&o, 0, tx) else {
+        let Err(e) = KafkaProducer::new(&o, 0, ReportQueue::new()) else {
             panic!("an unknown property must be refused");
         };
         let msg = format!("{e} / {e:?}");
@@ -505,8 +504,7 @@ mod tests {
         // A bad value of an ordinary key is still shown: the operator needs it.
         o.properties.remove("sasl.pasword");
         o.properties.insert("linger.ms".into(), "soon".into());
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let Err(e) = KafkaProducer::new(&o, 0, tx) else {
+        let Err(e) = KafkaProducer::new(&o, 0, ReportQueue::new()) else {
             panic!("a bad linger.ms must be refused");
         };
         assert!(e.to_string().contains("soon"), "{e}");
