@@ -644,6 +644,14 @@ fn status(config: &Path) -> Option<serde_json::Value> {
         .and_then(|s| serde_json::from_str(&s).ok())
 }
 
+/// A class's ETA from `ferry status --json`, in seconds: `eta_ms` (exact) when the daemon
+/// reports it, else `eta_secs` (rounded up to whole seconds).
+fn eta_of(st: &serde_json::Value, class: &str) -> Option<f64> {
+    class_field(st, class, "eta_ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| class_field(st, class, "eta_secs"))
+}
+
 fn class_field(st: &serde_json::Value, class: &str, field: &str) -> Option<f64> {
     st["classes"]
         .as_array()?
@@ -855,13 +863,17 @@ fn main() {
             std::array::from_fn(|c| pb.acked[c].keys().copied().collect())
         };
         for (c, name) in CLASSES.iter().enumerate() {
-            if let Some(eta) = class_field(st, name, "eta_secs") {
+            if let Some(eta) = eta_of(st, name) {
                 if class_field(st, name, "bytes").unwrap_or(0.0) > 0.0 {
                     eta_first[c][0] = Some((eta_open_ms, eta, ids[c].clone()));
                 }
             }
         }
-        if let Some(t) = st["eta"]["total_secs"].as_f64() {
+        if let Some(t) = st["eta"]["total_ms"]
+            .as_f64()
+            .map(|ms| ms / 1000.0)
+            .or_else(|| st["eta"]["total_secs"].as_f64())
+        {
             eta_total = Some((t, ids));
         }
     }
@@ -899,7 +911,7 @@ fn main() {
                     if eta_first[c][k].is_some() || (k == 1 && t < open_ms + eta_at) {
                         continue;
                     }
-                    let Some(eta) = class_field(&st, name, "eta_secs") else {
+                    let Some(eta) = eta_of(&st, name) else {
                         continue;
                     };
                     if class_field(&st, name, "bytes").unwrap_or(0.0) > 0.0 {
@@ -1159,13 +1171,13 @@ fn main() {
         "—",
     );
     let closed_eta = |name: &str| match (
-        class_field(&st_open, name, "eta_secs"),
+        eta_of(&st_open, name),
         st_open["classes"]
             .as_array()
             .and_then(|a| a.iter().find(|c| c["name"] == *name))
             .and_then(|c| c["eta_note"].as_str()),
     ) {
-        (Some(e), _) => format!("{e:.0} s"),
+        (Some(e), _) => format!("{e:.1} s"),
         (None, Some(n)) => format!("unknown ({n})"),
         (None, None) => "none".to_string(),
     };
@@ -1182,13 +1194,13 @@ fn main() {
                 (Some((t, eta, _)), Some(done)) => {
                     let actual = secs(done - t);
                     format!(
-                        "; {what} (+{:.1} s): {eta:.0} s, actual {actual:.1} s (**{:+.0} %**)",
+                        "; {what} (+{:.1} s): {eta:.1} s, actual {actual:.1} s (**{:+.0} %**)",
                         secs(t - open_ms),
                         (eta - actual) / actual.max(0.001) * 100.0
                     )
                 }
                 (Some((t, eta, _)), None) => format!(
-                    "; {what} (+{:.1} s): {eta:.0} s, that backlog never drained",
+                    "; {what} (+{:.1} s): {eta:.1} s, that backlog never drained",
                     secs(t - open_ms)
                 ),
                 _ => format!("; {what}: none while a backlog waited"),
@@ -1202,7 +1214,7 @@ fn main() {
             (Some((eta, _)), Some(done)) => {
                 let actual = secs(done - eta_open_ms);
                 format!(
-                    "{eta:.0} s, actual {actual:.1} s (**{:+.0} %**); forecast from {} at {:.0} KiB/s, \
+                    "{eta:.1} s, actual {actual:.1} s (**{:+.0} %**); forecast from {} at {:.0} KiB/s, \
                      {:.1} MB waiting as the throttle counts it, live ingest {:.1} KiB/s",
                     (eta - actual) / actual.max(0.001) * 100.0,
                     e["basis"].as_str().unwrap_or("?"),
@@ -1211,7 +1223,7 @@ fn main() {
                     e["ingest_wire_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1024.0,
                 )
             }
-            (Some((eta, _)), None) => format!("{eta:.0} s, the backlog never drained"),
+            (Some((eta, _)), None) => format!("{eta:.1} s, the backlog never drained"),
             (None, _) => format!(
                 "none: {}",
                 e["total_note"]

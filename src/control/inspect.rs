@@ -310,6 +310,7 @@ pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>)
         _ => None,
     };
     let secs_of = |e: &Eta| e.secs().map(|s| s.ceil() as u64);
+    let ms_of = |e: &Eta| e.secs().map(|s| (s * 1000.0).round() as u64);
     let note_of = |e: &Eta| match e {
         Eta::Unknown(w) => Some(w.clone()),
         Eta::Secs(_) => None,
@@ -344,6 +345,7 @@ pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>)
             in_flight_records: fcls.map(|c| c.in_flight_records),
             drain_bytes_per_sec: drain,
             eta_secs,
+            eta_ms: eta.and_then(ms_of),
             eta_note: eta.and_then(note_of),
             wire_bytes: fc
                 .as_ref()
@@ -388,6 +390,7 @@ pub fn status(store: &Store, source: &str, data_dir: &Path, live: Option<&Live>)
         ingest: live.map(|l| l.rates.ingest),
         eta: fc.as_ref().map(|(f, b, i)| EtaView {
             total_secs: secs_of(&f.total),
+            total_ms: ms_of(&f.total),
             total_note: note_of(&f.total),
             basis: f.basis.to_string(),
             rate_bytes_per_sec: fwd.and_then(|f| f.throttle_bytes_per_sec),

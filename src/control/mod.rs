@@ -255,8 +255,12 @@ pub struct ForwarderView {
 /// The drain forecast of `status` (see `forward::eta`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EtaView {
-    /// Seconds until every class is empty; absent when unknown (`total_note` says why).
+    /// Seconds until every class is empty (rounded up); absent when unknown (`total_note`
+    /// says why).
     pub total_secs: Option<u64>,
+    /// The same in milliseconds, for scripts that score short backlogs.
+    #[serde(default)]
+    pub total_ms: Option<u64>,
     pub total_note: Option<String>,
     /// Where the link rate came from: `throttle` (the configured rate in force), `measured`
     /// (unthrottled: the recent drain rate), `none` (nothing to send).
@@ -307,6 +311,9 @@ pub struct ClassView {
     /// (`eta_note` says why) or no forwarder runs.
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// The same forecast in milliseconds (`eta_secs` is rounded up to whole seconds).
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
     /// Why `eta_secs` is absent (`paused`, unthrottled with no measured rate, ...).
     #[serde(default)]
     pub eta_note: Option<String>,
