@@ -501,21 +501,25 @@ fn part_drain(args: &Args) {
     }
     // Diagnostic runs of the same forwarder with a larger in-flight limit (ForwarderOptions
     // only; src/ unchanged), each on its own class holding the same records.
-    let variants: Vec<(&str, usize)> = if args.raw.iter().any(|a| a == "--no-variants") {
+    // (name, max_in_flight_bytes, max_in_flight_records); the defaults are 16 MiB / 10,000.
+    let variants: Vec<(&str, usize, usize)> = if args.raw.iter().any(|a| a == "--no-variants") {
         Vec::new()
     } else {
-        vec![("inflight64", 64 << 20), ("inflight256", 256 << 20)]
+        vec![
+            ("records50k", 16 << 20, 50_000),
+            ("inflight64", 64 << 20, 200_000),
+        ]
     };
     let broker = Tansu::start();
     for t in ["ferry.telemetry", "plain.telemetry", "plain2.telemetry"] {
         broker.create_topic(t, PARTITIONS);
     }
-    for (v, _) in &variants {
+    for (v, _, _) in &variants {
         broker.create_topic(&format!("ferry.{v}"), PARTITIONS);
     }
     let dir = bench_dir();
     let mut names = vec!["telemetry"];
-    names.extend(variants.iter().map(|(v, _)| *v));
+    names.extend(variants.iter().map(|(v, _, _)| *v));
     let store = open_store_classes(dir.path(), &names);
     let build_secs = fill(&store, n, telemetry);
     for i in 1..names.len() {
@@ -609,10 +613,11 @@ fn part_drain(args: &Args) {
     drop(recs);
 
     let mut variant_rows = Vec::new();
-    for (i, (v, limit)) in variants.iter().enumerate() {
+    for (i, (v, limit, records)) in variants.iter().enumerate() {
         let class = i + 1;
         let mut o = variant_opts();
         o.max_in_flight_bytes = *limit;
+        o.max_in_flight_records = *records;
         let others: Vec<&str> = names.iter().copied().filter(|c| c != v).collect();
         let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
         let t0 = Instant::now();
@@ -701,8 +706,12 @@ fn part_drain(args: &Args) {
     for (v, limit, secs, cpu, bcpu, csw, peak, dl) in &variant_rows {
         row(
             &format!(
-                "ferry, max_in_flight_bytes = {} MiB (diagnostic `{v}`; peak in flight {:.1} MiB)",
+                "ferry, max_in_flight_bytes = {} MiB, max_in_flight_records = {} (diagnostic `{v}`; peak in flight {:.1} MiB)",
                 limit >> 20,
+                variants
+                    .iter()
+                    .find(|(n, _, _)| n == v)
+                    .map_or(0, |(_, _, r)| *r),
                 *peak as f64 / MIB
             ),
             *secs,
