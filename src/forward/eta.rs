@@ -387,19 +387,7 @@ fn next_midnight(t: NaiveDateTime) -> Option<NaiveDateTime> {
     t.date().succ_opt().and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
-fn rate_at(cfg: &ThrottleConfig, local: NaiveDateTime) -> Rate {
-    cfg.profiles
-        .iter()
-        .find(|p| p.schedule.is_open(local))
-        .map_or(cfg.rate, |p| p.rate)
-}
-
-fn next_profile_change(cfg: &ThrottleConfig, local: NaiveDateTime) -> Option<NaiveDateTime> {
-    cfg.profiles
-        .iter()
-        .filter_map(|p| p.schedule.next_change(local))
-        .min()
-}
+use super::throttle::{next_profile_change, rate_at};
 
 #[cfg(test)]
 mod tests {

@@ -533,14 +533,19 @@ fn capacity(cfg: &ThrottleConfig, rate: Rate) -> f64 {
     }
 }
 
-fn rate_at(cfg: &ThrottleConfig, local: NaiveDateTime) -> Rate {
+/// The rate in force at `local`: the first open profile's, else the base rate.
+pub(crate) fn rate_at(cfg: &ThrottleConfig, local: NaiveDateTime) -> Rate {
     cfg.profiles
         .iter()
         .find(|p| p.schedule.is_open(local))
         .map_or(cfg.rate, |p| p.rate)
 }
 
-fn next_profile_change(cfg: &ThrottleConfig, local: NaiveDateTime) -> Option<NaiveDateTime> {
+/// When the next time-of-day profile opens or closes after `local`.
+pub(crate) fn next_profile_change(
+    cfg: &ThrottleConfig,
+    local: NaiveDateTime,
+) -> Option<NaiveDateTime> {
     cfg.profiles
         .iter()
         .filter_map(|p| p.schedule.next_change(local))
