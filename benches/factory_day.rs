@@ -743,6 +743,57 @@ fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// The simulated devices: `p.devices` devices spread over `p.conns` MQTT connections on their
+/// own tokio runtime, recording what they published and what ferry acknowledged.
+struct Fleet {
+    rt: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    published: Arc<Mutex<Published>>,
+    conns: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    fn start(p: &Params, mqtt: u16) -> Fleet {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let stop = Arc::new(AtomicBool::new(false));
+        let published: Arc<Mutex<Published>> = Arc::default();
+        let conns = (0..p.conns)
+            .map(|c| {
+                let devs: Vec<usize> = (0..p.devices).filter(|d| d % p.conns == c).collect();
+                rt.spawn(run_connection(
+                    c,
+                    devs,
+                    mqtt,
+                    p.clone(),
+                    stop.clone(),
+                    published.clone(),
+                ))
+            })
+            .collect();
+        Fleet {
+            rt,
+            stop,
+            published,
+            conns,
+        }
+    }
+
+    /// Stops publishing and waits until every connection has finished.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let conns = self.conns;
+        self.rt.block_on(async {
+            for c in conns {
+                let _ = c.await;
+            }
+        });
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; this runner takes its knobs from the environment.
     let p = Params::from_env();
@@ -806,25 +857,8 @@ fn main() {
     };
 
     // Devices.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let stop_devices = Arc::new(AtomicBool::new(false));
-    let published: Arc<Mutex<Published>> = Arc::default();
-    let mut conns = Vec::new();
-    for c in 0..p.conns {
-        let devs: Vec<usize> = (0..p.devices).filter(|d| d % p.conns == c).collect();
-        conns.push(rt.spawn(run_connection(
-            c,
-            devs,
-            mqtt,
-            p.clone(),
-            stop_devices.clone(),
-            published.clone(),
-        )));
-    }
+    let fleet = Fleet::start(&p, mqtt);
+    let published = fleet.published.clone();
     let t_start = now_ms();
 
     // Phase 1: outage.
@@ -939,12 +973,7 @@ fn main() {
     std::thread::sleep(p.tail);
 
     // Stop publishing; wait until every acknowledged message is delivered.
-    stop_devices.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for c in conns {
-            let _ = c.await;
-        }
-    });
+    fleet.stop();
     let stop_publish_ms = now_ms();
     let final_deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -1471,25 +1500,8 @@ fn run_alternative(p: &Params, dir: &Path) -> HashMap<String, String> {
 
     // The outage: the Kafka link is down while the devices publish.
     proxy.set_down(true);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let stop_devices = Arc::new(AtomicBool::new(false));
-    let published: Arc<Mutex<Published>> = Arc::default();
-    let mut conns = Vec::new();
-    for c in 0..p.conns {
-        let devs: Vec<usize> = (0..p.devices).filter(|d| d % p.conns == c).collect();
-        conns.push(rt.spawn(run_connection(
-            c,
-            devs,
-            mqtt,
-            p.clone(),
-            stop_devices.clone(),
-            published.clone(),
-        )));
-    }
+    let fleet = Fleet::start(p, mqtt);
+    let published = fleet.published.clone();
     std::thread::sleep(p.outage);
     let acked_at_open: [HashSet<u64>; 3] = {
         let pb = published.lock().unwrap();
@@ -1517,12 +1529,7 @@ fn run_alternative(p: &Params, dir: &Path) -> HashMap<String, String> {
     }
     let caught_up_ms = now_ms();
     std::thread::sleep(p.tail);
-    stop_devices.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for c in conns {
-            let _ = c.await;
-        }
-    });
+    fleet.stop();
     // Everything acknowledged gets a minute to arrive; what does not is lost.
     let final_deadline = Instant::now() + Duration::from_secs(60);
     loop {
