@@ -20,11 +20,14 @@
 #   FACTORY_ALT [1]                               then run the same devices and outage against
 #                                                 Mosquitto + a plain librdkafka bridge (needs
 #                                                 `mosquitto`: apt-get install mosquitto); 0 skips
+#   FACTORY_ALT_RESTART [0]                       1: kill and restart the bridge halfway through
+#                                                 the outage (what it had in memory is lost)
 #   FERRY_BIN                                     a different ferry binary (default: this build)
 #
-# Long run (an hour-long outage, ~45 MB/min of bulk, 2 MiB/s window):
-#   FACTORY_OUTAGE_SECS=3600 FACTORY_BULK_SECS=10 FACTORY_RATE=2MiB/s \
-#     FACTORY_MAX_CATCHUP_SECS=7200 bash scripts/factory-day.sh
+# Long run (BENCHMARKS.md, "Long run": a 30-minute outage, ~28 MB/min of payload, 2 MiB/s
+# window; ~42 minutes):
+#   FACTORY_OUTAGE_SECS=1800 FACTORY_BULK_SECS=10 FACTORY_RATE=2MiB/s \
+#     FACTORY_MAX_CATCHUP_SECS=5400 FACTORY_ALT=0 bash scripts/factory-day.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${FERRY_TANSU:-}" ] && [ ! -x "${HOME}/.local/share/ferry-test/bin/tansu" ]; then
