@@ -88,6 +88,8 @@ struct Params {
     tail: Duration,
     max_catchup: Duration,
     seed: u64,
+    /// The alternative's bridge is killed and restarted halfway through the outage.
+    alt_restart: bool,
 }
 
 impl Params {
@@ -104,6 +106,7 @@ impl Params {
             tail: Duration::from_secs(env_or("FACTORY_TAIL_SECS", 10)),
             max_catchup: Duration::from_secs(env_or("FACTORY_MAX_CATCHUP_SECS", 600)),
             seed: env_or("FACTORY_SEED", 7),
+            alt_restart: env_or("FACTORY_ALT_RESTART", 0) == 1,
         }
     }
 }
@@ -430,7 +433,10 @@ async fn run_connection(
     let queued: Arc<Mutex<VecDeque<Msg>>> = Arc::default();
     let q2 = queued.clone();
     let pubs = published.clone();
-    let stop2 = stop.clone();
+    // Set once the publishing loop below has handed its last message to rumqttc: only then may
+    // the event loop stop (else a publish racing with `stop` finds the client gone).
+    let stop2 = Arc::new(AtomicBool::new(false));
+    let publishing_done = stop2.clone();
     let events = tokio::spawn(async move {
         let mut by_pkid: HashMap<u16, Msg> = HashMap::new();
         loop {
@@ -556,6 +562,7 @@ async fn run_connection(
             }
         }
     }
+    publishing_done.store(true, Ordering::Relaxed);
     // Wait (bounded) for outstanding PUBACKs, then disconnect.
     let lost = tokio::time::timeout(Duration::from_secs(60), events)
         .await
@@ -1335,6 +1342,15 @@ fn main() {
              has no throttle, so its catch-up time is not comparable to a throttled one; its \
              catch-up order is what librdkafka's per-partition queues give.\n",
         );
+        if p.alt_restart {
+            report.push_str(
+                "\nFACTORY_ALT_RESTART=1: the bridge was killed halfway through the outage (its \
+                 librdkafka queue and in-flight requests purged, as a killed process loses \
+                 them) and started again 2 s later with the same persistent MQTT session; \
+                 ferry's column has no restart (its kill -9 durability is measured by the \
+                 soak test, docs/reliability.md).\n",
+            );
+        }
     }
     if d.unparsable > 0 {
         report.push_str(&format!(
@@ -1386,7 +1402,14 @@ fn class_of(topic: &str) -> usize {
 
 /// The bridge; returns (messages received from Mosquitto, delivery failures reported by
 /// librdkafka) when `stop` is set.
-fn run_bridge(mqtt: u16, bootstrap: String, stop: Arc<AtomicBool>) -> (u64, u64) {
+/// Runs until `stop` (then flushes librdkafka's queue, up to 30 s) or `crash` (then drops the
+/// queue and in-flight requests without delivering them: what a killed bridge process loses).
+fn run_bridge(
+    mqtt: u16,
+    bootstrap: String,
+    stop: Arc<AtomicBool>,
+    crash: Arc<AtomicBool>,
+) -> (u64, u64) {
     let failed = Arc::new(AtomicU64::new(0));
     let producer: rdkafka::producer::ThreadedProducer<CountErrors> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -1412,7 +1435,7 @@ fn run_bridge(mqtt: u16, bootstrap: String, stop: Arc<AtomicBool>) -> (u64, u64)
             .await
             .expect("bridge subscribe");
         let mut received = 0u64;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !crash.load(Ordering::Relaxed) {
             let ev = match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await
             {
                 Ok(ev) => ev,
@@ -1445,7 +1468,11 @@ fn run_bridge(mqtt: u16, bootstrap: String, stop: Arc<AtomicBool>) -> (u64, u64)
         }
         received
     });
-    let _ = producer.flush(Duration::from_secs(30));
+    if crash.load(Ordering::Relaxed) {
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    } else {
+        let _ = producer.flush(Duration::from_secs(30));
+    }
     (received, failed.load(Ordering::Relaxed))
 }
 
@@ -1492,17 +1519,36 @@ fn run_alternative(p: &Params, dir: &Path) -> HashMap<String, String> {
     let delivered: Arc<Mutex<Delivered>> = Arc::default();
     let consumer = start_consumer(bootstrap.clone(), stop_consumer.clone(), delivered.clone());
     let stop_bridge = Arc::new(AtomicBool::new(false));
-    let bridge = {
+    let start_bridge = |crash: Arc<AtomicBool>| {
         let (b, s) = (bootstrap.clone(), stop_bridge.clone());
-        std::thread::spawn(move || run_bridge(mqtt, b, s))
+        std::thread::spawn(move || run_bridge(mqtt, b, s, crash))
     };
+    let crash_first = Arc::new(AtomicBool::new(false));
+    let mut bridge = start_bridge(crash_first.clone());
     std::thread::sleep(Duration::from_secs(2));
 
     // The outage: the Kafka link is down while the devices publish.
     proxy.set_down(true);
     let fleet = Fleet::start(p, mqtt);
     let published = fleet.published.clone();
-    std::thread::sleep(p.outage);
+    // FACTORY_ALT_RESTART=1: the bridge process dies halfway through the outage (an update, a
+    // crash, a reboot of the service) and comes back 2 s later; what it had acknowledged to
+    // Mosquitto but not yet delivered to Kafka is gone with it.
+    let mut crashed = (0u64, 0u64);
+    if p.alt_restart {
+        std::thread::sleep(p.outage / 2);
+        crash_first.store(true, Ordering::Relaxed);
+        crashed = bridge.join().unwrap_or((0, 0));
+        std::thread::sleep(Duration::from_secs(2));
+        bridge = start_bridge(Arc::default());
+        eprintln!("factory-day: alternative: bridge killed and restarted");
+        std::thread::sleep(
+            p.outage
+                .saturating_sub(p.outage / 2 + Duration::from_secs(2)),
+        );
+    } else {
+        std::thread::sleep(p.outage);
+    }
     let acked_at_open: [HashSet<u64>; 3] = {
         let pb = published.lock().unwrap();
         std::array::from_fn(|c| pb.acked[c].keys().copied().collect())
@@ -1546,6 +1592,7 @@ fn run_alternative(p: &Params, dir: &Path) -> HashMap<String, String> {
     std::thread::sleep(Duration::from_secs(2));
     stop_bridge.store(true, Ordering::Relaxed);
     let (received, failed) = bridge.join().unwrap_or((0, 0));
+    let (received, failed) = (received + crashed.0, failed + crashed.1);
     stop_consumer.store(true, Ordering::Relaxed);
     let _ = consumer.join();
     let _ = mosquitto.kill();
@@ -1609,8 +1656,17 @@ fn run_alternative(p: &Params, dir: &Path) -> HashMap<String, String> {
     out.insert(
         "publish errors / refused (ferry status)".to_string(),
         format!(
-            "{} / — (bridge: {received} received from Mosquitto, {failed} Kafka delivery failures)",
-            pb.errors
+            "{} / — (bridge: {received} received from Mosquitto, {failed} Kafka delivery failures{})",
+            pb.errors,
+            if p.alt_restart {
+                format!(
+                    "; killed and restarted at {:.0} s into the outage, {} received before",
+                    p.outage.as_secs_f64() / 2.0,
+                    crashed.0
+                )
+            } else {
+                String::new()
+            }
         ),
     );
     out
