@@ -371,6 +371,36 @@ impl ProducerContext for FerryContext {
     }
 }
 
+/// A record to produce, borrowed (see [`KafkaProducer::send_parts`]).
+pub struct OutRecord<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    pub payload: &'a [u8],
+    pub timestamp_ms: i64,
+}
+
+/// Builds librdkafka headers from `(name, value)` pairs as they come.
+pub struct HeaderBuilder(Option<OwnedHeaders>);
+
+impl HeaderBuilder {
+    pub fn with_capacity(n: usize) -> HeaderBuilder {
+        HeaderBuilder(Some(OwnedHeaders::new_with_capacity(n)))
+    }
+
+    pub fn add(&mut self, key: &str, value: &[u8]) {
+        if let Some(h) = self.0.take() {
+            self.0 = Some(h.insert(Header {
+                key,
+                value: Some(value),
+            }));
+        }
+    }
+
+    pub fn finish(self) -> OwnedHeaders {
+        self.0.unwrap_or_default()
+    }
+}
+
 /// One producer instance (one generation).
 pub struct KafkaProducer {
     inner: ThreadedProducer<FerryContext>,
@@ -407,12 +437,34 @@ impl KafkaProducer {
                 value: Some(&v[..]),
             });
         }
-        let mut br = BaseRecord::with_opaque_to(&rec.topic, Box::new(Tag { class, seq }))
-            .payload(&rec.payload[..])
+        self.send_parts(
+            class,
+            seq,
+            &OutRecord {
+                topic: &rec.topic,
+                key: rec.key.as_deref(),
+                payload: &rec.payload,
+                timestamp_ms: rec.timestamp_ms,
+            },
+            headers,
+        )
+    }
+
+    /// [`KafkaProducer::send`] from borrowed parts: librdkafka copies them, so nothing needs to
+    /// be owned by the caller (the forwarder's path, no per-record record building).
+    pub fn send_parts(
+        &self,
+        class: ClassId,
+        seq: u64,
+        rec: &OutRecord<'_>,
+        headers: OwnedHeaders,
+    ) -> Result<(), KafkaError> {
+        let mut br = BaseRecord::with_opaque_to(rec.topic, Box::new(Tag { class, seq }))
+            .payload(rec.payload)
             .timestamp(rec.timestamp_ms)
             .headers(headers);
-        if let Some(k) = &rec.key {
-            br = br.key(k.as_str());
+        if let Some(k) = rec.key {
+            br = br.key(k);
         }
         self.inner.send(br).map_err(|(e, _)| e)
     }

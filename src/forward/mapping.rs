@@ -158,6 +158,34 @@ impl Template {
         Some(out)
     }
 
+    /// Renders the template for one record, borrowing instead of allocating when the template
+    /// is a single placeholder or literal (e.g. a key `{client_id}`).
+    pub fn render_cow<'a>(
+        &'a self,
+        mqtt_topic: &'a str,
+        client_id: &'a str,
+        class: &'a str,
+        gateway: &'a str,
+    ) -> Result<Cow<'a, str>, MappingError> {
+        if let [part] = self.parts.as_slice() {
+            let s: &'a str = match part {
+                Part::Literal(s) => s,
+                Part::Topic => mqtt_topic,
+                Part::ClientId => client_id,
+                Part::Class => class,
+                Part::Gateway => gateway,
+                Part::Level(_) => {
+                    return self
+                        .render(mqtt_topic, client_id, class, gateway)
+                        .map(Cow::Owned)
+                }
+            };
+            return Ok(Cow::Borrowed(s));
+        }
+        self.render(mqtt_topic, client_id, class, gateway)
+            .map(Cow::Owned)
+    }
+
     /// Renders the template for one record.
     pub fn render(
         &self,
@@ -247,9 +275,8 @@ struct ClassMapping {
     topic: TopicTemplate,
     key: Option<Template>,
     rules: Vec<Rule>,
-    /// Header values that are the same for every record of the class, rendered once.
-    gateway_value: Bytes,
-    class_value: Bytes,
+    /// The gateway id (the `ferry.gateway` header).
+    gateway: String,
     /// `gateway/class/`, the part of `ferry.seq` before the sequence number.
     seq_prefix: String,
 }
@@ -271,6 +298,13 @@ impl KafkaRecord {
         let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         self.payload.len() + self.key.as_ref().map_or(0, |k| k.len()) + headers
     }
+}
+
+/// Where a record goes (see [`Mapper::route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub topic: Cow<'a, str>,
+    pub key: Option<Cow<'a, str>>,
 }
 
 /// Maps records of every class; built once from the configuration.
@@ -313,8 +347,7 @@ impl Mapper {
                 topic: TopicTemplate::new(Template::parse(&cfg.topic)?, name, &gateway),
                 key: cfg.key.as_deref().map(Template::parse).transpose()?,
                 rules,
-                gateway_value: Bytes::copy_from_slice(gateway.as_bytes()),
-                class_value: Bytes::copy_from_slice(name.as_bytes()),
+                gateway: gateway.clone(),
                 seq_prefix: format!("{gateway}/{name}/"),
             });
         }
@@ -334,9 +367,15 @@ impl Mapper {
         format!("{}/{}/{}", self.gateway, name, seq)
     }
 
-    /// Maps one stored record. An error here will never go away by retrying (the record's topic
-    /// does not fit the templates): the caller dead-letters the record.
-    pub fn map(&self, class: ClassId, stored: &StoredRecord) -> Result<KafkaRecord, MappingError> {
+    /// Where one stored record goes: its topic and key, borrowed from the mapping or the record
+    /// where possible (no allocation for a constant topic and a key like `{client_id}`). An
+    /// error here will never go away by retrying (the record's topic does not fit the
+    /// templates): the caller dead-letters the record.
+    pub fn route<'a>(
+        &'a self,
+        class: ClassId,
+        stored: &'a StoredRecord,
+    ) -> Result<Route<'a>, MappingError> {
         let cm = self
             .classes
             .get(class)
@@ -348,11 +387,13 @@ impl Mapper {
             .find(|r| filter_matches(&r.filter, &rec.topic));
         let topic_t = rule.and_then(|r| r.topic.as_ref()).unwrap_or(&cm.topic);
         let key_t = rule.and_then(|r| r.key.as_ref()).or(cm.key.as_ref());
-        let render = |t: &Template| t.render(&rec.topic, &rec.client_id, &cm.name, &self.gateway);
-        let topic: Arc<str> = match &topic_t.fixed {
-            Some(t) => t.clone(),
+        let topic: Cow<'a, str> = match &topic_t.fixed {
+            Some(t) => Cow::Borrowed(&**t),
             None => {
-                let topic = render(&topic_t.template)?;
+                let topic =
+                    topic_t
+                        .template
+                        .render(&rec.topic, &rec.client_id, &cm.name, &self.gateway)?;
                 if !valid_kafka_topic(&topic) {
                     return Err(MappingError::InvalidKafkaTopic {
                         template: topic_t.template.as_str().to_string(),
@@ -360,69 +401,118 @@ impl Mapper {
                         mqtt_topic: rec.topic.clone(),
                     });
                 }
-                Arc::from(topic)
+                Cow::Owned(topic)
             }
         };
-        let key = key_t.map(render).transpose()?;
+        let key = key_t
+            .map(|t| t.render_cow(&rec.topic, &rec.client_id, &cm.name, &self.gateway))
+            .transpose()?;
+        Ok(Route { topic, key })
+    }
 
-        let mut headers: Vec<(Cow<'static, str>, Bytes)> =
-            Vec::with_capacity(9 + rec.user_properties.len());
-        let copy = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-        headers.push(("mqtt.topic".into(), copy(&rec.topic)));
-        let qos: &'static [u8] = match rec.qos {
-            0 => b"0",
-            1 => b"1",
-            2 => b"2",
-            _ => b"",
-        };
-        let qos = if qos.is_empty() {
-            Bytes::from(rec.qos.to_string())
-        } else {
-            Bytes::from_static(qos)
-        };
-        headers.push(("mqtt.qos".into(), qos));
-        let retain: &'static [u8] = if rec.retain { b"true" } else { b"false" };
-        headers.push(("mqtt.retain".into(), Bytes::from_static(retain)));
-        headers.push(("mqtt.client_id".into(), copy(&rec.client_id)));
-        headers.push(("ferry.gateway".into(), cm.gateway_value.clone()));
-        headers.push(("ferry.class".into(), cm.class_value.clone()));
+    /// The number of headers [`Mapper::for_each_header`] produces for `stored`.
+    pub fn header_count(stored: &StoredRecord) -> usize {
+        let rec = &stored.record;
+        8 + usize::from(rec.content_type.is_some()) + rec.user_properties.len()
+    }
+
+    /// Calls `f(name, value)` for each Kafka header of `stored`, in order (see the module
+    /// documentation), without allocating (unless the gateway and class names together exceed
+    /// 200 bytes). [`Mapper::map`] and the forwarder's send path both use it, so the headers
+    /// produced and the bytes metered are the same.
+    pub fn for_each_header(
+        &self,
+        class: ClassId,
+        stored: &StoredRecord,
+        mut f: impl FnMut(&str, &[u8]),
+    ) -> Result<(), MappingError> {
+        let cm = self
+            .classes
+            .get(class)
+            .ok_or(MappingError::UnknownClass(class))?;
+        let rec = &stored.record;
+        f("mqtt.topic", rec.topic.as_bytes());
+        let mut qos_digits = itoa::Buffer::new();
+        f("mqtt.qos", qos_digits.format(rec.qos).as_bytes());
+        f("mqtt.retain", if rec.retain { b"true" } else { b"false" });
+        f("mqtt.client_id", rec.client_id.as_bytes());
+        f("ferry.gateway", cm.gateway.as_bytes());
+        f("ferry.class", cm.name.as_bytes());
         // An imported record (`ferry import`) keeps the id it had at its origin gateway, so
         // the same message moved on removable media and sent twice deduplicates downstream.
         // Devices cannot set `ferry.*` properties (ingest strips them).
-        let id = match rec
+        match rec
             .user_properties
             .iter()
             .find(|(k, _)| k == crate::control::transfer::ORIGIN_PROPERTY)
         {
-            Some((_, v)) => copy(v),
+            Some((_, v)) => f("ferry.seq", v.as_bytes()),
             None => {
                 let mut digits = itoa::Buffer::new();
-                let digits = digits.format(stored.seq);
-                let mut id = Vec::with_capacity(cm.seq_prefix.len() + digits.len());
-                id.extend_from_slice(cm.seq_prefix.as_bytes());
-                id.extend_from_slice(digits.as_bytes());
-                Bytes::from(id)
+                let digits = digits.format(stored.seq).as_bytes();
+                let prefix = cm.seq_prefix.as_bytes();
+                let len = prefix.len() + digits.len();
+                let mut stack = [0u8; 224];
+                if len <= stack.len() {
+                    stack[..prefix.len()].copy_from_slice(prefix);
+                    stack[prefix.len()..len].copy_from_slice(digits);
+                    f("ferry.seq", &stack[..len]);
+                } else {
+                    let mut id = Vec::with_capacity(len);
+                    id.extend_from_slice(prefix);
+                    id.extend_from_slice(digits);
+                    f("ferry.seq", &id);
+                }
             }
-        };
-        headers.push(("ferry.seq".into(), id));
+        }
         let mut digits = itoa::Buffer::new();
-        headers.push((
-            "ferry.received_at".into(),
-            copy(digits.format(rec.timestamp_ms)),
-        ));
+        f(
+            "ferry.received_at",
+            digits.format(rec.timestamp_ms).as_bytes(),
+        );
         if let Some(ct) = &rec.content_type {
-            headers.push(("content-type".into(), copy(ct)));
+            f("content-type", ct.as_bytes());
         }
         for (k, v) in &rec.user_properties {
-            headers.push((Cow::Owned(k.clone()), copy(v)));
+            f(k, v.as_bytes());
         }
+        Ok(())
+    }
+
+    /// [`KafkaRecord::wire_size`] of `stored` routed as `route`, without building the record.
+    pub fn wire_size(
+        &self,
+        class: ClassId,
+        stored: &StoredRecord,
+        route: &Route<'_>,
+    ) -> Result<usize, MappingError> {
+        let mut headers = 0usize;
+        self.for_each_header(class, stored, |k, v| headers += k.len() + v.len())?;
+        Ok(stored.record.payload.len() + route.key.as_ref().map_or(0, |k| k.len()) + headers)
+    }
+
+    /// The Kafka timestamp of `stored`: its receive time. Receive times beyond i64 ms are not
+    /// real clocks; they are clamped instead of wrapping.
+    pub fn timestamp_ms(stored: &StoredRecord) -> i64 {
+        i64::try_from(stored.record.timestamp_ms).unwrap_or(i64::MAX)
+    }
+
+    /// Maps one stored record into an owned [`KafkaRecord`] (for inspection and tests; the
+    /// forwarder sends from [`Mapper::route`] and [`Mapper::for_each_header`] directly). An
+    /// error here will never go away by retrying: the caller dead-letters the record.
+    pub fn map(&self, class: ClassId, stored: &StoredRecord) -> Result<KafkaRecord, MappingError> {
+        let route = self.route(class, stored)?;
+        let mut headers: Vec<(Cow<'static, str>, Bytes)> =
+            Vec::with_capacity(Self::header_count(stored));
+        self.for_each_header(class, stored, |k, v| {
+            headers.push((Cow::Owned(k.to_string()), Bytes::copy_from_slice(v)))
+        })?;
         Ok(KafkaRecord {
-            topic,
-            key,
+            topic: Arc::from(route.topic.as_ref()),
+            key: route.key.map(Cow::into_owned),
             headers,
-            // Receive times beyond i64 ms are not real clocks; clamp instead of wrapping.
-            timestamp_ms: i64::try_from(rec.timestamp_ms).unwrap_or(i64::MAX),
-            payload: rec.payload.clone(),
+            timestamp_ms: Self::timestamp_ms(stored),
+            payload: stored.record.payload.clone(),
         })
     }
 }

@@ -21,8 +21,8 @@
 //!            │                     backs off (capped exponential)                            │
 //!            │   Fatal error / stall watchdog → new producer, every class rewinds             │
 //!            ▼                                                                               │
-//!   send: window open (or drain-now) → policy picks a class → read a batch → throttle tokens │
-//!         → map → produce, while in-flight bytes < limit ─────────────────────────────────────┘
+//!   send: window open (or drain-now) → policy picks a class → its batch (read ahead) →       │
+//!         throttle tokens → map → produce, while in-flight bytes < limit ───────────────────────┘
 //! ```
 //!
 //! Order: within a class records are produced in sequence order; the idempotent producer keeps
@@ -31,7 +31,9 @@
 //!
 //! Memory: bounded by `max_in_flight_bytes` (librdkafka's copy of each record until its
 //! report; `max_in_flight_records`, config `forward.max_in_flight`, caps the count as well)
-//! plus one read batch per class. The in-flight table keeps only sequence, position,
+//! plus at most two read batches per class (`batch_max_records` / `batch_max_bytes` each: the one
+//! being sent and the next, read ahead on a blocking thread so store reads overlap with sends;
+//! a rewind drops both). The in-flight table keeps only sequence, position,
 //! size and state per record, not the record: a record that fails permanently is read again
 //! from the store for the dead-letter log (it is not acknowledged, so it is still there).
 //!
@@ -74,9 +76,10 @@ use tokio::task::JoinHandle;
 use crate::store::{ClassId, Position, Reader, Store, StoreError, StoredRecord};
 use deadletter::DeadLetters;
 use kafka::{
-    classify, Disposition, KafkaOptions, KafkaProducer, KafkaSetupError, ProducerEvent, ReportQueue,
+    classify, Disposition, HeaderBuilder, KafkaOptions, KafkaProducer, KafkaSetupError, OutRecord,
+    ProducerEvent, ReportQueue,
 };
-use mapping::{ClassMappingConfig, KafkaRecord, Mapper, MappingError};
+use mapping::{ClassMappingConfig, Mapper, MappingError};
 use policy::{Candidate, Policy};
 
 /// Forwarder settings. Defaults suit a gateway on a modest link; tests shorten the timers.
@@ -367,13 +370,25 @@ fn slot_index(inflight: &VecDeque<Slot>, seq: u64) -> Option<usize> {
     inflight.binary_search_by_key(&seq, |s| s.seq).ok()
 }
 
+/// A store read running on a blocking thread: it holds the class's reader until joined.
+type ReadTask = JoinHandle<(Reader, Result<Vec<StoredRecord>, StoreError>)>;
+
 struct ClassState {
     id: ClassId,
     name: String,
-    /// `None` only while a blocking read has it.
+    /// `None` only while a blocking read (`ahead`) has it.
     reader: Option<Reader>,
-    /// Read but not yet produced (a batch cut short by the throttle or the in-flight limit).
+    /// Read but not yet produced (the current batch, or one cut short by the throttle or the
+    /// in-flight limit).
     staged: VecDeque<StoredRecord>,
+    /// The next batch, read (zstd decompression, decoding) on a blocking thread while the
+    /// staged one is produced, so store reads and Kafka sends overlap. At most one per class.
+    ahead: Option<ReadTask>,
+    /// `reader.next_seq()` when `ahead` started (to spot records the store dropped).
+    ahead_from: u64,
+    /// The class rewound while `ahead` held the reader: when joined, its batch is dropped and
+    /// the reader moved back to the acknowledged position.
+    ahead_stale: bool,
     inflight: VecDeque<Slot>,
     inflight_bytes: usize,
     acked: Position,
@@ -386,6 +401,20 @@ struct ClassState {
     /// Highest sequence ever produced, to count re-sends.
     high_sent: u64,
     status: ClassStatus,
+}
+
+impl ClassState {
+    /// Back to the first unacknowledged record (after a failure or a producer reset, with
+    /// nothing of the class in flight): staged and read-ahead records are dropped, the reader
+    /// is repositioned (now, or when the read it is lent to comes back).
+    fn rewind(&mut self) {
+        self.staged.clear();
+        let from = self.acked.seq + 1;
+        match self.reader.as_mut() {
+            Some(r) => r.seek(from),
+            None => self.ahead_stale = true,
+        }
+    }
 }
 
 struct RateSample {
@@ -442,6 +471,8 @@ pub struct Forwarder {
     reports: Arc<ReportQueue>,
     /// Reused buffer for one batch of reports.
     report_buf: Vec<ProducerEvent>,
+    /// Reused buffer for the wire sizes of one run of records.
+    size_buf: Vec<usize>,
     watchers: Vec<JoinHandle<()>>,
     inflight_bytes: usize,
     link: LinkState,
@@ -536,6 +567,9 @@ impl Forwarder {
                 name: name.clone(),
                 reader: Some(reader),
                 staged: VecDeque::new(),
+                ahead: None,
+                ahead_from: acked.seq + 1,
+                ahead_stale: false,
                 inflight: VecDeque::new(),
                 inflight_bytes: 0,
                 acked,
@@ -608,6 +642,7 @@ impl Forwarder {
             generation: 1,
             reports,
             report_buf: Vec::new(),
+            size_buf: Vec::new(),
             watchers: Vec::new(),
             inflight_bytes: 0,
             link: LinkState::Connecting,
@@ -709,6 +744,13 @@ impl Forwarder {
             }
         }
         self.persist_acks(true).await;
+        // Let reads ahead finish (they are bounded and short) so no store read outlives the
+        // forwarder.
+        for c in &mut self.classes {
+            if let Some(h) = c.ahead.take() {
+                let _ = h.await;
+            }
+        }
         let unflushed = self.pending_records();
         for w in self.watchers.drain(..) {
             w.abort();
@@ -1013,10 +1055,7 @@ impl Forwarder {
                 self.inflight_bytes -= dropped;
                 c.inflight.clear();
                 c.inflight_bytes = 0;
-                c.staged.clear();
-                if let Some(r) = c.reader.as_mut() {
-                    r.seek(c.acked.seq + 1);
-                }
+                c.rewind();
                 c.failed = false;
                 c.retry_at = Some(now + wait);
                 tracing::debug!(class = %c.name, from_seq = c.acked.seq + 1, backoff_ms = wait.as_millis() as u64, "class rewinds to its acknowledged position after a failure");
@@ -1085,11 +1124,8 @@ impl Forwarder {
         for c in &mut self.classes {
             c.inflight.clear();
             c.inflight_bytes = 0;
-            c.staged.clear();
+            c.rewind();
             c.failed = false;
-            if let Some(r) = c.reader.as_mut() {
-                r.seek(c.acked.seq + 1);
-            }
         }
         self.inflight_bytes = 0;
         match KafkaProducer::new(&self.opts.kafka, self.generation, self.reports.clone()) {
@@ -1213,7 +1249,8 @@ impl Forwarder {
                     }
                 }
                 let next = c.reader.as_ref().map_or(u64::MAX, |r| r.next_seq());
-                let has_data = !c.staged.is_empty() || self.store.committed(c.id) >= next;
+                let has_data =
+                    !c.staged.is_empty() || c.ahead.is_some() || self.store.committed(c.id) >= next;
                 if has_data {
                     candidates.push(Candidate {
                         class: c.id,
@@ -1241,22 +1278,67 @@ impl Forwarder {
         wake
     }
 
-    /// Reads (if needed) and produces one batch of `class`. `Err(Some(wait))`: the throttle
-    /// asks to wait; `Err(None)`: stop sending for now (queue full, producer reset).
-    async fn send_batch(&mut self, class: ClassId) -> Result<bool, Option<Duration>> {
-        if self.classes[class].staged.is_empty() {
-            let Some(mut reader) = self.classes[class].reader.take() else {
-                return Err(None);
+    /// Starts reading the next batch of `class` on a blocking thread; the read holds the
+    /// class's reader until it is joined. False when the reader is not there (lost with a
+    /// failed read task).
+    fn start_read(&mut self, class: ClassId) -> bool {
+        let (max_r, max_b) = (self.opts.batch_max_records, self.opts.batch_max_bytes);
+        let c = &mut self.classes[class];
+        if c.ahead.is_some() {
+            return true;
+        }
+        let Some(mut reader) = c.reader.take() else {
+            return false;
+        };
+        c.ahead_from = reader.next_seq();
+        c.ahead = Some(tokio::task::spawn_blocking(move || {
+            let r = reader.read_batch(max_r, max_b);
+            (reader, r)
+        }));
+        true
+    }
+
+    /// Fills the empty `staged` of `class` with its next batch: the one read ahead when there
+    /// is one, otherwise read now. False when there is nothing to send now.
+    async fn fill_staged(&mut self, class: ClassId) -> bool {
+        loop {
+            if self.classes[class].ahead.is_none() && !self.start_read(class) {
+                // The reader was lost with a failed read task and reopening it failed then.
+                // The class rewound since (nothing in flight), so reopen at its position.
+                let c = &mut self.classes[class];
+                if !c.inflight.is_empty() {
+                    return false;
+                }
+                match self.store.reader(class, c.acked.seq + 1) {
+                    Ok(r) => {
+                        c.reader = Some(r);
+                        c.ahead_stale = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        c.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                        let msg = format!("reopening reader of class {}: {e}", c.name);
+                        self.note_error(msg);
+                        return false;
+                    }
+                }
+            }
+            let Some(task) = self.classes[class].ahead.take() else {
+                return false;
             };
-            let expected = reader.next_seq();
-            let (max_r, max_b) = (self.opts.batch_max_records, self.opts.batch_max_bytes);
-            let res = tokio::task::spawn_blocking(move || {
-                let r = reader.read_batch(max_r, max_b);
-                (reader, r)
-            })
-            .await;
+            let res = task.await;
             let c = &mut self.classes[class];
+            let expected = c.ahead_from;
             match res {
+                Ok((mut reader, _)) if c.ahead_stale => {
+                    // The class rewound while this read ran: the batch continues where the
+                    // dropped records left off, not at the acknowledged position. Drop it and
+                    // read again from there.
+                    reader.seek(c.acked.seq + 1);
+                    c.reader = Some(reader);
+                    c.ahead_stale = false;
+                    continue;
+                }
                 Ok((reader, Ok(batch))) => {
                     c.reader = Some(reader);
                     c.retry_at = None;
@@ -1272,6 +1354,9 @@ impl Forwarder {
                         next = r.seq + 1;
                     }
                     c.staged.extend(batch);
+                    // Empty: caught up after all (the commit we saw is not readable yet, or
+                    // was dropped).
+                    return !c.staged.is_empty();
                 }
                 Ok((reader, Err(e))) => {
                     c.reader = Some(reader);
@@ -1279,12 +1364,13 @@ impl Forwarder {
                     c.retry_at = Some(Instant::now() + wait);
                     let msg = format!("reading class {} from the store: {e}", c.name);
                     self.note_error(msg);
-                    return Ok(false);
+                    return false;
                 }
                 Err(e) => {
                     // The reader was lost with the task; reopen it at the acked position and
                     // let the class rewind once its in-flight records have reported.
                     c.failed = true;
+                    c.ahead_stale = false;
                     match self.store.reader(class, c.acked.seq + 1) {
                         Ok(r) => c.reader = Some(r),
                         Err(e2) => {
@@ -1294,17 +1380,29 @@ impl Forwarder {
                         }
                     }
                     self.note_error(format!("store read task failed: {e}"));
-                    return Ok(false);
+                    return false;
                 }
             }
-            if self.classes[class].staged.is_empty() {
-                // Caught up after all (the commit we saw is not readable yet, or was dropped).
-                return Ok(false);
-            }
+        }
+    }
+
+    /// Reads (if needed) and produces one batch of `class`. `Err(Some(wait))`: the throttle
+    /// asks to wait; `Err(None)`: stop sending for now (queue full, producer reset).
+    async fn send_batch(&mut self, class: ClassId) -> Result<bool, Option<Duration>> {
+        if self.classes[class].staged.is_empty() && !self.fill_staged(class).await {
+            return Ok(false);
+        }
+        // Read the next batch while this one is sent (one batch ahead at most).
+        let more = self.classes[class]
+            .reader
+            .as_ref()
+            .is_some_and(|r| self.store.committed(class) >= r.next_seq());
+        if more {
+            self.start_read(class);
         }
 
-        // Map the staged records (bounded by the in-flight limit) and take throttle tokens for
-        // the whole run at once.
+        // Size the run of staged records (bounded by the in-flight limits) and take throttle
+        // tokens for the whole run at once.
         let mut room = self
             .opts
             .max_in_flight_bytes
@@ -1317,40 +1415,83 @@ impl Forwarder {
             .max_in_flight_records
             .saturating_sub(self.inflight_records())
             .max(1);
-        let mut run: Vec<(StoredRecord, Result<KafkaRecord, MappingError>)> = Vec::new();
+        let mut sizes = std::mem::take(&mut self.size_buf);
+        sizes.clear();
         let mut run_bytes = 0usize;
-        {
-            let c = &mut self.classes[class];
-            while let Some(s) = c.staged.front() {
-                let mapped = self.mapper.map(class, s);
-                let size = mapped
-                    .as_ref()
-                    .map_or(s.record.payload.len(), |k| k.wire_size());
-                if !run.is_empty() && run_bytes + size > room {
-                    break;
-                }
-                run_bytes += size;
-                let Some(s) = c.staged.pop_front() else { break };
-                run.push((s, mapped));
-                if run_bytes >= room || run.len() >= record_room {
-                    break;
-                }
+        for s in &self.classes[class].staged {
+            // An unmappable record is charged its payload (it goes to the dead-letter log).
+            let size = self
+                .mapper
+                .route(class, s)
+                .and_then(|r| self.mapper.wire_size(class, s, &r))
+                .unwrap_or(s.record.payload.len());
+            if !sizes.is_empty() && run_bytes + size > room {
+                break;
+            }
+            run_bytes += size;
+            sizes.push(size);
+            if run_bytes >= room || sizes.len() >= record_room {
+                break;
             }
         }
         if let Err(wait) = self.policy.take(class, run_bytes as u64) {
-            let c = &mut self.classes[class];
-            for (s, _) in run.into_iter().rev() {
-                c.staged.push_front(s);
-            }
+            self.size_buf = sizes;
             return Err(Some(wait));
         }
+        let res = self.send_run(class, &sizes).await;
+        self.size_buf = sizes;
+        res
+    }
 
+    /// Produces the first `sizes.len()` staged records of `class` (`sizes`: their wire sizes).
+    /// Records not sent stay staged, in order.
+    async fn send_run(
+        &mut self,
+        class: ClassId,
+        sizes: &[usize],
+    ) -> Result<bool, Option<Duration>> {
         let mut sent_bytes = 0u64;
-        let mut iter = run.into_iter();
-        while let Some((stored, mapped)) = iter.next() {
+        for &bytes in sizes {
+            let Some(stored) = self.classes[class].staged.pop_front() else {
+                break;
+            };
             let seq = stored.seq;
-            let rec = match mapped {
-                Ok(r) => r,
+            let Some(producer) = self.producer.as_ref() else {
+                self.classes[class].staged.push_front(stored);
+                return Err(None);
+            };
+            // Route and headers straight into librdkafka's copy: no owned record per send.
+            let sent = self.mapper.route(class, &stored).and_then(|route| {
+                let mut headers = HeaderBuilder::with_capacity(Mapper::header_count(&stored));
+                self.mapper
+                    .for_each_header(class, &stored, |k, v| headers.add(k, v))?;
+                let out = OutRecord {
+                    topic: &route.topic,
+                    key: route.key.as_deref(),
+                    payload: &stored.record.payload,
+                    timestamp_ms: Mapper::timestamp_ms(&stored),
+                };
+                Ok(producer.send_parts(class, seq, &out, headers.finish()))
+            });
+            let e = match sent {
+                Ok(Ok(())) => {
+                    let c = &mut self.classes[class];
+                    c.inflight
+                        .push_back(Slot::new(&stored, bytes, SlotState::Pending));
+                    c.inflight_bytes += bytes;
+                    self.inflight_bytes += bytes;
+                    c.status.sent_records += 1;
+                    self.totals.sent_records += 1;
+                    if seq <= c.high_sent {
+                        c.status.resent_records += 1;
+                        self.totals.resent_records += 1;
+                    } else {
+                        c.high_sent = seq;
+                    }
+                    sent_bytes += bytes as u64;
+                    continue;
+                }
+                Ok(Err(e)) => e,
                 Err(e) => {
                     // The record's topic does not fit the templates: retrying never helps.
                     let name = self.classes[class].name.clone();
@@ -1370,91 +1511,49 @@ impl Forwarder {
                     if ok {
                         continue;
                     }
-                    for (s, _) in iter.rev() {
-                        c.staged.push_front(s);
-                    }
                     break;
                 }
             };
-            let Some(producer) = self.producer.as_ref() else {
+            let disposition = classify(&e, self.opts.kafka.topic_auto_create);
+            let queue_full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
+            if disposition == Disposition::Permanent {
+                let name = self.classes[class].name.clone();
+                let ok = self
+                    .dead_letter_record(&name, &stored, &e.to_string())
+                    .await;
                 let c = &mut self.classes[class];
-                for (s, _) in iter.rev() {
-                    c.staged.push_front(s);
+                if ok {
+                    c.status.dead_lettered += 1;
+                    self.totals.dead_lettered += 1;
+                    c.inflight.push_back(Slot::new(&stored, 0, SlotState::Done));
+                    continue;
                 }
-                c.staged.push_front(stored);
-                return Err(None);
-            };
-            match producer.send(class, seq, &rec) {
-                Ok(()) => {
-                    let bytes = rec.wire_size();
-                    let c = &mut self.classes[class];
-                    c.inflight
-                        .push_back(Slot::new(&stored, bytes, SlotState::Pending));
-                    c.inflight_bytes += bytes;
-                    self.inflight_bytes += bytes;
-                    c.status.sent_records += 1;
-                    self.totals.sent_records += 1;
-                    if seq <= c.high_sent {
-                        c.status.resent_records += 1;
-                        self.totals.resent_records += 1;
-                    } else {
-                        c.high_sent = seq;
-                    }
-                    sent_bytes += bytes as u64;
-                }
-                Err(e) => {
-                    let disposition = classify(&e, self.opts.kafka.topic_auto_create);
-                    let queue_full = e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
-                    if disposition == Disposition::Permanent {
-                        let name = self.classes[class].name.clone();
-                        let ok = self
-                            .dead_letter_record(&name, &stored, &e.to_string())
-                            .await;
-                        let c = &mut self.classes[class];
-                        if ok {
-                            c.status.dead_lettered += 1;
-                            self.totals.dead_lettered += 1;
-                            c.inflight.push_back(Slot::new(&stored, 0, SlotState::Done));
-                            continue;
-                        }
-                        c.failed = true;
-                        c.inflight
-                            .push_back(Slot::new(&stored, 0, SlotState::Failed));
-                    } else {
-                        // Not sent: put it back and stop this round.
-                        let c = &mut self.classes[class];
-                        // Back in order: the unsent tail first, then this record before it.
-                        for (s, _) in iter.rev() {
-                            c.staged.push_front(s);
-                        }
-                        c.staged.push_front(stored);
-                        if disposition == Disposition::Fatal && self.reset_wanted.is_none() {
-                            self.reset_wanted = Some(format!("fatal error on send: {e}"));
-                        }
-                        if !queue_full {
-                            let failures = self.classes[class].failures.saturating_add(1);
-                            let wait = self.backoff(failures);
-                            let c = &mut self.classes[class];
-                            c.failures = failures;
-                            c.retry_at = Some(Instant::now() + wait);
-                            let msg = format!("class {}: send seq {seq}: {e}", c.name);
-                            self.note_error(msg);
-                        }
-                        self.policy.sent(class, sent_bytes);
-                        self.sent_bytes += sent_bytes;
-                        return Err(if queue_full {
-                            Some(Duration::from_millis(20))
-                        } else {
-                            None
-                        });
-                    }
-                    let c = &mut self.classes[class];
-                    for (s, _) in iter.rev() {
-                        c.staged.push_front(s);
-                    }
-                    break;
-                }
+                c.failed = true;
+                c.inflight
+                    .push_back(Slot::new(&stored, 0, SlotState::Failed));
+                break;
             }
+            // Not sent: put it back (before the unsent rest) and stop this round.
+            self.classes[class].staged.push_front(stored);
+            if disposition == Disposition::Fatal && self.reset_wanted.is_none() {
+                self.reset_wanted = Some(format!("fatal error on send: {e}"));
+            }
+            if !queue_full {
+                let failures = self.classes[class].failures.saturating_add(1);
+                let wait = self.backoff(failures);
+                let c = &mut self.classes[class];
+                c.failures = failures;
+                c.retry_at = Some(Instant::now() + wait);
+                let msg = format!("class {}: send seq {seq}: {e}", c.name);
+                self.note_error(msg);
+            }
+            self.policy.sent(class, sent_bytes);
+            self.sent_bytes += sent_bytes;
+            return Err(if queue_full {
+                Some(Duration::from_millis(20))
+            } else {
+                None
+            });
         }
         self.policy.sent(class, sent_bytes);
         self.sent_bytes += sent_bytes;
