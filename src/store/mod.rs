@@ -14,7 +14,10 @@
 //! [`Store::append`] queues a record for the group-commit writer and returns a
 //! [`CommitTicket`]. The ticket completes only after the frame holding the record was written
 //! and `fdatasync`'d (and, for a new segment, the directory fsync'd). Whoever holds a
-//! completed ticket may tell the sender the record is safe.
+//! completed ticket may tell the sender the record is safe. [`Store::append_to`] +
+//! [`Store::submit`] do the same for a batch with one [`BatchTicket`]: it completes when the
+//! last record of the batch did, with each record's own result (`Ok(seq)` only for a record
+//! whose frame was written and `fdatasync`'d).
 //!
 //! Records leave the log only when (a) [`Store::ack`] moved the class's acknowledged position
 //! past every record of a sealed segment, or (b) a retention rule (`max_bytes`, `max_age`,
