@@ -224,6 +224,9 @@ async fn publisher(addr: SocketAddr, client_id: String, phase: Arc<Phase>) -> Re
             .await
         {
             Err(_) => continue,
+            // The writer task may already have said DISCONNECT at the end of the row (it sees
+            // `stop` first), and a fast broker closes at once: that is no error.
+            Ok(Ok(0)) if phase.stop.load(Ordering::Relaxed) => break,
             Ok(Ok(0)) => bail!("{client_id}: the broker closed the connection"),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e).with_context(|| format!("{client_id}: reading acks")),

@@ -1359,3 +1359,133 @@ async fn bench_durable_qos1() {
         srv.stop().await;
     }
 }
+
+/// Reads MQTT packets until the socket closes or `n` arrived (or `WAIT` passed): (type,
+/// packet id, reason code: 0 when the packet has none).
+async fn read_acks(s: &mut TcpStream, n: usize) -> (Vec<(u8, u16, u8)>, bool) {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut closed = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while out.len() < n {
+        // Complete packets at the front (acks are short: remaining length < 128).
+        while buf.len() >= 2 && buf.len() >= 2 + buf[1] as usize {
+            let len = buf[1] as usize;
+            let body = &buf[2..2 + len];
+            let pkid = u16::from_be_bytes([body[0], body[1]]);
+            let reason = body.get(2).copied().unwrap_or(0);
+            out.push((buf[0] >> 4, pkid, reason));
+            buf.drain(..2 + len);
+        }
+        if out.len() >= n {
+            break;
+        }
+        let mut chunk = [0u8; 256];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+            Err(_) => break,
+        }
+    }
+    (out, closed)
+}
+
+fn publish_v5(topic: &[u8], qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
+    // The v3.1.1 layout plus an empty property block after the packet id.
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic);
+    body.extend_from_slice(&pkid.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(payload);
+    let mut p = vec![0x30 | (qos << 1), body.len() as u8];
+    p.extend_from_slice(&body);
+    p
+}
+
+/// One socket write holding publishes to a full `reject` class between publishes to a class
+/// with room (and a QoS 2 retransmission): the session submits them as one batch and waits
+/// for one completion, yet every publish gets its own answer, in publish order — the stored
+/// ones success, the refused ones 0x97 (MQTT 5). On MQTT 3.1.1 the acks of the publishes
+/// before the refused one still go out, then the connection closes without acking it.
+#[tokio::test]
+async fn a_refusal_inside_a_burst_answers_each_publish_in_order() {
+    let (_d, store) = setup(vec![
+        class("full", 64, Overflow::Reject),
+        class("room", BIG, Overflow::DropOldest),
+    ]);
+    let classifier = Classifier::new(vec![("full/#".into(), 0)], 1);
+    let srv = Running::start(test_opts(), store.clone(), classifier).await;
+
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(&raw::connect_v5("burst5")).await.unwrap();
+    let mut burst = Vec::new();
+    for p in [
+        publish_v5(b"room/a", 1, 1, b"one"),
+        publish_v5(b"full/a", 1, 2, b"refused"),
+        publish_v5(b"room/b", 1, 3, b"three"),
+        publish_v5(b"room/c", 2, 4, b"four"),
+        publish_v5(b"room/c", 2, 4, b"four"), // retransmission: answered, not stored again
+        publish_v5(b"full/b", 2, 5, b"refused too"),
+        publish_v5(b"room/d", 1, 6, b"six"),
+    ] {
+        burst.extend_from_slice(&p);
+    }
+    s.write_all(&burst).await.unwrap();
+    let (got, closed) = read_acks(&mut s, 8).await; // CONNACK + 7 answers
+    assert!(
+        !closed,
+        "MQTT 5 stays connected under backpressure: {got:?}"
+    );
+    let answers: Vec<_> = got[1..].to_vec();
+    assert_eq!(
+        answers,
+        vec![
+            (4, 1, 0),
+            (4, 2, 0x97),
+            (4, 3, 0),
+            (5, 4, 0),
+            (5, 4, 0),
+            (5, 5, 0x97),
+            (4, 6, 0),
+        ]
+    );
+    let recs = stored(&store, 1, 4).await;
+    let payloads: Vec<_> = recs.iter().map(|r| r.record.payload.to_vec()).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            b"one".to_vec(),
+            b"three".to_vec(),
+            b"four".to_vec(),
+            b"six".to_vec()
+        ]
+    );
+    assert!(read_all(&store, 0).is_empty());
+
+    // MQTT 3.1.1: acks for 11 and 12, then the close; 13 (refused) is never acked.
+    let mut s4 = TcpStream::connect(srv.addr).await.unwrap();
+    s4.write_all(&raw::connect("burst4")).await.unwrap();
+    let mut burst = Vec::new();
+    for p in [
+        raw::publish(b"room/e", 1, 11, b"eleven"),
+        raw::publish(b"room/f", 1, 12, b"twelve"),
+        raw::publish(b"full/c", 1, 13, b"refused"),
+        raw::publish(b"room/g", 1, 14, b"fourteen"),
+    ] {
+        burst.extend_from_slice(&p);
+    }
+    s4.write_all(&burst).await.unwrap();
+    let (got, closed) = read_acks(&mut s4, 5).await;
+    assert_eq!(got, vec![(2, 0, 0), (4, 11, 0), (4, 12, 0)]);
+    assert!(
+        closed,
+        "MQTT 3.1.1 has no negative ack: the connection closes"
+    );
+    assert_eq!(srv.metric("closed_backpressure"), 1);
+    assert_eq!(srv.metric("refused_class_full"), 3);
+    srv.stop().await;
+}

@@ -118,22 +118,27 @@ fn append_read_ack_reopen() {
 }
 
 /// `append_to` + `submit`: one submitted batch is one commit (the writer does not linger for
-/// it), records come back exactly as appended (encoded on the caller's thread), and a batch
-/// dropped without a submit resolves its tickets to `Closed` and stores nothing.
+/// it), its one ticket gives every record's sequence in batch order, records come back exactly
+/// as appended (encoded on the caller's thread), and a batch dropped without a submit stores
+/// nothing.
 #[test]
 fn submitted_batch_is_one_commit_and_an_unsubmitted_one_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::Reject)]);
     let (store, _) = Store::open(o).unwrap();
     let mut batch = AppendBatch::default();
-    let tickets: Vec<_> = (0..20)
-        .map(|i| store.append_to(&mut batch, 0, rec(i, 50)).unwrap())
+    let recs: Vec<Record> = (0..20).map(|i| rec(i, 50)).collect();
+    let idx: Vec<usize> = recs
+        .iter()
+        .map(|r| store.append_to(&mut batch, 0, r.as_ref()).unwrap())
         .collect();
+    assert_eq!(idx, (0..20).collect::<Vec<_>>());
     assert_eq!(batch.len(), 20);
     let before = store.io_stats();
-    store.submit(&mut batch).unwrap();
+    let ticket = store.submit(&mut batch).unwrap();
     assert!(batch.is_empty());
-    let seqs: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(ticket.len(), 20);
+    let seqs: Vec<u64> = ticket.wait().into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     let after = store.io_stats();
     assert_eq!(after.commits - before.commits, 1);
@@ -145,12 +150,57 @@ fn submitted_batch_is_one_commit_and_an_unsubmitted_one_stores_nothing() {
     }
 
     let mut dropped = AppendBatch::default();
-    let t = store.append_to(&mut dropped, 0, rec(99, 50)).unwrap();
+    let extra = rec(99, 50);
+    store.append_to(&mut dropped, 0, extra.as_ref()).unwrap();
     drop(dropped);
-    assert!(matches!(t.wait(), Err(StoreError::Closed)));
-    store.submit(&mut AppendBatch::default()).unwrap();
+    let empty = store.submit(&mut AppendBatch::default()).unwrap();
+    assert!(empty.wait().is_empty());
     assert_eq!(store.committed(0), 20);
     assert_eq!(read_all(&store, 0, 1).len(), 20);
+}
+
+/// One batch over two classes where one is a full `reject` class: its records are refused,
+/// the other class's records are stored, and the single ticket reports each in batch order.
+#[test]
+fn one_batch_ticket_reports_each_record_separately() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(
+        dir.path(),
+        vec![
+            class("room", 1 << 30, Overflow::Reject),
+            class("tiny", 1, Overflow::Reject),
+        ],
+    );
+    let (store, _) = Store::open(o).unwrap();
+    let mut batch = AppendBatch::default();
+    let recs: Vec<Record> = (0..6).map(|i| rec(i, 40)).collect();
+    let mut refused_now = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let class = if i % 2 == 0 { 0 } else { 1 };
+        if let Err(e) = store.append_to(&mut batch, class, r.as_ref()) {
+            assert!(e.is_backpressure(), "{e}");
+            refused_now.push(i);
+        }
+    }
+    let results = store.submit(&mut batch).unwrap().wait();
+    // Whether the tiny class refuses at `append_to` (its last measured size) or in the
+    // writer, its records are not stored and the others are.
+    let mut stored = Vec::new();
+    let mut k = 0;
+    for i in 0..6 {
+        if refused_now.contains(&i) {
+            continue;
+        }
+        match &results[k] {
+            Ok(seq) => stored.push((i, *seq)),
+            Err(e) => assert!(i % 2 == 1 && e.is_backpressure(), "record {i}: {e}"),
+        }
+        k += 1;
+    }
+    assert_eq!(k, results.len());
+    assert_eq!(stored, vec![(0, 1), (2, 2), (4, 3)]);
+    assert_eq!(read_all(&store, 0, 1).len(), 3);
+    assert_eq!(store.committed(1), 0);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! and a PUBLISH's QoS and packet id (its `Publish` keeps those fields crate-private). Both
 //! are read here from the raw frame, which `v4::check` has already bounded.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{v4, v5, DisconnectReasonCode, Error as CodecError, Packet, Protocol};
 
 /// Which MQTT version a connection speaks.
@@ -80,6 +80,60 @@ pub(crate) fn publish_meta(frame: &[u8], byte1: u8, header_len: usize) -> (u8, u
         None => 0,
     };
     (qos, pkid)
+}
+
+/// A PUBLISH as the session needs it (QoS and packet id from the fixed and variable header,
+/// topic and payload as slices of the read buffer).
+pub(crate) struct InPublish {
+    pub(crate) qos: u8,
+    pub(crate) pkid: u16,
+    pub(crate) retain: bool,
+    pub(crate) topic: Bytes,
+    pub(crate) payload: Bytes,
+}
+
+/// Parses one whole MQTT 3.1.1 PUBLISH `frame` (fixed header included) with the same checks
+/// as rumqttd's v4 codec: QoS 3, a topic running past the frame, a missing or zero packet id
+/// are malformed.
+pub(crate) fn read_v4_publish(
+    frame: Bytes,
+    byte1: u8,
+    header_len: usize,
+) -> Result<InPublish, &'static str> {
+    let qos = (byte1 >> 1) & 0b11;
+    if qos == 3 {
+        return Err("PUBLISH with QoS 3");
+    }
+    let vh = frame.get(header_len..).ok_or("truncated PUBLISH")?;
+    let topic_len = match vh {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]) as usize,
+        _ => return Err("PUBLISH without a topic length"),
+    };
+    let topic_start = header_len + 2;
+    let mut pos = topic_start + topic_len;
+    if pos > frame.len() {
+        return Err("PUBLISH topic runs past the packet");
+    }
+    let pkid = if qos > 0 {
+        let id = match frame.get(pos..pos + 2) {
+            Some([a, b]) => u16::from_be_bytes([*a, *b]),
+            _ => return Err("PUBLISH without a packet id"),
+        };
+        if id == 0 {
+            return Err("PUBLISH with packet id 0");
+        }
+        pos += 2;
+        id
+    } else {
+        0
+    };
+    Ok(InPublish {
+        qos,
+        pkid,
+        retain: byte1 & 1 != 0,
+        topic: frame.slice(topic_start..topic_start + topic_len),
+        payload: frame.slice(pos..),
+    })
 }
 
 pub(crate) struct Codec {

@@ -9,16 +9,21 @@
 //!
 //! # The path of one PUBLISH
 //! ```text
-//!  socket ─read─▶ frame (size limit) ─▶ validate topic, alias, ACL ─▶ classify ─▶ store.append
-//!                                                                                    │ ticket
-//!   PUBACK/PUBREC ◀─write─ in publish order ◀─ FuturesOrdered of tickets ◀────────────┘
+//!  socket ─read─▶ frame (size limit) ─▶ validate topic, alias, ACL ─▶ classify ─▶ append_to
+//!                                                     (one burst = one AppendBatch) │ submit
+//!   PUBACK/PUBREC ◀─write─ in publish order ◀─ one BatchTicket per burst ◀──────────┘
 //!                                   └─▶ fan-out to local subscribers (after commit, lossy)
 //! ```
-//! Each connection is one tokio task (`session.rs`). Appends are pipelined: the task keeps
-//! reading while earlier tickets wait for their group commit, up to `max_inflight` (advertised
+//! Each connection is one tokio task (`session.rs`). The PUBLISHes found in one socket read
+//! form a burst: they are encoded into one `AppendBatch`, submitted to the store's writer as
+//! one message, and the task waits for the whole burst with one `BatchTicket`, which completes
+//! when the group commit holding them finished, with one result per message (so a refusal of
+//! one message answers only that one). Bursts are pipelined: the task keeps reading while
+//! earlier bursts wait for their commit, up to `max_inflight` unanswered publishes (advertised
 //! to MQTT 5 clients as *receive maximum*); past that it stops reading, which is the TCP
 //! backpressure a slow disk exerts on a fast publisher. Acks leave in the order the publishes
-//! came because the tickets sit in a `FuturesOrdered`.
+//! came: bursts are answered oldest first, a burst's items in order, all that are ready in
+//! one socket write.
 //!
 //! # Acknowledgement modes
 //! - `AckMode::Durable` (default): PUBACK (QoS 1) / PUBREC (QoS 2) only after the group commit

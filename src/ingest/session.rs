@@ -1,10 +1,13 @@
 //! One device connection: CONNECT, then a loop that reads packets, pipelines appends and
 //! writes acks in publish order.
 //!
-//! A connection is a single task that owns its socket. Its loop waits on, in order of
+//! A connection is a single task that owns its socket. The packets it finds in its read
+//! buffer are handled as one burst: their appends go to the store as one batch with one
+//! completion ticket (one wake-up per burst, not per message). Its loop waits on, in order of
 //! priority: server shutdown, takeover by a newer connection with the same client id, the
-//! oldest pending commit, the socket (only while fewer than `max_inflight` commits are
-//! pending), live fan-out messages, and the keep-alive deadline. Writes happen in that same
+//! oldest pending burst's commit, the socket (only while fewer than `max_inflight` publishes
+//! are unanswered), live fan-out messages, and the keep-alive deadline. The answers of a
+//! burst go out in publish order, in one write. Writes happen in that same
 //! task with `write_timeout`, so a client that stops reading only stalls itself; other
 //! connections are other tasks.
 //!
@@ -16,16 +19,13 @@
 //!   connection is closed without an ack (v3.1.1), after the acks for earlier publishes went
 //!   out, so the client resends exactly what was not stored.
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -42,8 +42,8 @@ use tracing::Instrument;
 use super::auth::{Acl, Login};
 use super::codec::{self, Codec, Frame, FrameError, Version};
 use super::fanout::Subscriber;
-use super::{AckMode, CloseReason, Refusal, Shared};
-use crate::store::{AppendBatch, Record, StoreError};
+use super::{AckMode, Classifier, CloseReason, Refusal, Shared};
+use crate::store::{AppendBatch, BatchTicket, ClassId, Record, RecordRef, StoreError};
 use crate::topic::{validate_filter, validate_topic_name};
 
 /// How a connection ended; decides the will message and the last packet sent.
@@ -83,10 +83,44 @@ struct Outcome {
     fanout: Option<(String, Bytes)>,
 }
 
-type PendingFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// What became of one packet that is answered in publish order.
+enum Step {
+    /// Known at once: a refusal, a QoS 2 retransmission, or an early ack (`ack = "fast"`).
+    Ready(Result<(), Refused>),
+    /// Appended to its burst's batch; the answer is the batch result at its place. The
+    /// `Appended` items of a burst are in batch order, so they take the results one by one.
+    Appended { fanout: Option<(String, Bytes)> },
+}
 
-/// A PUBLISH's (QoS, packet id), read from the raw frame.
-type PublishMeta = (u8, u16);
+struct Item {
+    qos: u8,
+    pkid: u16,
+    step: Step,
+}
+
+/// The publishes handled between two waits (one socket read's worth, as far as the window
+/// allows), in publish order, with the one ticket of the appends among them.
+struct Burst {
+    items: Vec<Item>,
+    /// `None` when nothing was appended (or `ack = "fast"`): the burst is answered at once,
+    /// in turn.
+    done: Option<BatchTicket>,
+}
+
+/// Waits for the oldest burst's commit (at once when it has none). Cancel-safe: the ticket
+/// is polled in place; the caller pops the burst when this returns.
+async fn front_done(pending: &mut VecDeque<Burst>) -> Vec<crate::store::Result<u64>> {
+    match pending.front_mut().and_then(|b| b.done.as_mut()) {
+        Some(t) => t.await,
+        None => Vec::new(),
+    }
+}
+
+/// A packet read from the client: PUBLISH (the hot path) apart, the rest as rumqttd parsed it.
+enum Incoming {
+    Publish(codec::InPublish, Option<Box<PublishProperties>>),
+    Other(Box<Packet>),
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -400,8 +434,14 @@ async fn serve<S>(
         codec,
         client_id: client_id.clone(),
         acl,
-        pending: FuturesOrdered::new(),
+        pending: VecDeque::new(),
+        burst: Vec::new(),
+        inflight: 0,
         batch: AppendBatch::default(),
+        fast_fanout: Vec::new(),
+        counts: Counts::default(),
+        burst_ms: 0,
+        topics: TopicMemo::default(),
         qos2: HashSet::new(),
         aliases: HashMap::new(),
         keep_alive: (ka > 0).then(|| Duration::from_millis(ka as u64 * 1500)),
@@ -447,10 +487,25 @@ struct Conn<S> {
     codec: Codec,
     client_id: String,
     acl: Acl,
-    pending: FuturesOrdered<PendingFuture>,
+    /// Submitted bursts, oldest first, each waiting for its commit (one ticket per burst).
+    pending: VecDeque<Burst>,
+    /// The burst being handled: packets since the last submit, in publish order.
+    burst: Vec<Item>,
+    /// Items in `pending` and `burst`: the publishes not yet answered (max_inflight).
+    inflight: usize,
     /// Appends of the packets handled since the last socket read, handed to the store in one
-    /// go before waiting for anything (`Store::submit`), so the writer sees the burst whole.
+    /// go before waiting for anything (`Store::submit`), so the writer sees the burst whole;
+    /// the session then waits for the whole burst with one ticket.
     batch: AppendBatch,
+    /// `ack = "fast"`: what to offer the live feed per append of `batch`, once committed.
+    fast_fanout: Vec<Option<(String, Bytes)>>,
+    /// Metric counts not yet added to the shared counters (added once per burst).
+    counts: Counts,
+    /// Receive time of the burst being handled (ms since the Unix epoch): one clock read per
+    /// burst, not per message.
+    burst_ms: u64,
+    /// The last few topics this connection published to, with their class and ACL verdict.
+    topics: TopicMemo,
     /// QoS 2 packet ids received and not yet released (PUBREL): retransmissions of these are
     /// acknowledged again but not stored again.
     qos2: HashSet<u16>,
@@ -463,6 +518,63 @@ struct Conn<S> {
     client_max_packet: usize,
     sub: Option<Subscriber>,
     takeover: Arc<Notify>,
+}
+
+/// Per-connection tallies, added to the shared metrics once per burst instead of once per
+/// message (the shared counters are contended between the runtime's threads).
+#[derive(Default)]
+struct Counts {
+    publishes: [u64; 3],
+    stored: u64,
+}
+
+/// How many topics a connection's memo keeps (a device usually publishes to a handful).
+const TOPIC_MEMO: usize = 8;
+
+/// Per-connection memo of recently used topics: each was validated, and has its class (from
+/// `classifier`) and the connection's ACL verdict. A classifier reload (a different `Arc`)
+/// empties it; the ACL is fixed for the connection's life.
+#[derive(Default)]
+struct TopicMemo {
+    classifier: Option<Arc<Classifier>>,
+    entries: Vec<(Box<str>, (ClassId, bool))>,
+    /// Entry replaced next once full (round robin).
+    next: usize,
+}
+
+impl TopicMemo {
+    fn get(&self, classifier: &Arc<Classifier>, topic: &str) -> Option<(ClassId, bool)> {
+        if !self
+            .classifier
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, classifier))
+        {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|(t, _)| &**t == topic)
+            .map(|(_, k)| *k)
+    }
+
+    fn put(&mut self, classifier: &Arc<Classifier>, topic: &str, known: (ClassId, bool)) {
+        if !self
+            .classifier
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, classifier))
+        {
+            self.classifier = Some(classifier.clone());
+            self.entries.clear();
+            self.next = 0;
+        }
+        let entry = (Box::from(topic), known);
+        if self.entries.len() < TOPIC_MEMO {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % TOPIC_MEMO;
+        }
+    }
 }
 
 async fn next_fanout(sub: &mut Option<Subscriber>) -> Option<Publish> {
@@ -527,12 +639,145 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         end
     }
 
-    /// Queues the appends gathered in `batch` for the next group commit.
+    /// Queues the appends gathered in `batch` for the next group commit, as one batch with
+    /// one ticket, and files the burst's items behind the earlier bursts.
     fn submit_batch(&mut self) {
-        if let Err(e) = self.shared.store.submit(&mut self.batch) {
-            // The tickets resolve to an error and the publishes are refused like any failed
-            // append (no ack; the connection closes).
+        self.flush_counts();
+        if self.burst.is_empty() {
+            return;
+        }
+        let n = self.burst.len();
+        let items = std::mem::replace(&mut self.burst, Vec::with_capacity(n));
+        if self.batch.is_empty() {
+            self.pending.push_back(Burst { items, done: None });
+            return;
+        }
+        let submitted = self.shared.store.submit(&mut self.batch);
+        if let Err(e) = &submitted {
+            // Nothing was queued: the appends are refused like any failed append (no ack;
+            // the connection closes and the client resends).
             tracing::error!(client_id = %self.client_id, error = %e, "handing publishes to the store failed");
+        }
+        match self.shared.opts.ack {
+            AckMode::Durable => {
+                let (items, done) = match submitted {
+                    Ok(t) => (items, Some(t)),
+                    Err(_) => (
+                        items
+                            .into_iter()
+                            .map(|i| match i.step {
+                                Step::Appended { .. } => Item {
+                                    step: Step::Ready(Err(Refused::Store(StoreError::Closed))),
+                                    ..i
+                                },
+                                _ => i,
+                            })
+                            .collect(),
+                        None,
+                    ),
+                };
+                self.pending.push_back(Burst { items, done });
+            }
+            AckMode::Fast => {
+                // The client was answered already: the commit's outcome only counts.
+                let fanouts = std::mem::take(&mut self.fast_fanout);
+                let shared = self.shared.clone();
+                let client_id = self.client_id.clone();
+                let n = fanouts.len();
+                tokio::spawn(async move {
+                    let results = match submitted {
+                        Ok(t) => t.await,
+                        Err(_) => (0..n).map(|_| Err(StoreError::Closed)).collect(),
+                    };
+                    let mut stored = 0;
+                    for (r, fanout) in results.into_iter().zip(fanouts) {
+                        match r {
+                            Ok(_) => {
+                                stored += 1;
+                                if let (Some(f), Some((t, p))) = (&shared.fanout, fanout) {
+                                    f.publish(&t, p);
+                                }
+                            }
+                            Err(e) => {
+                                shared.metrics.count_refusal(Refusal::AfterAck);
+                                tracing::warn!(client_id, error = %e, "ack = fast: a publish acknowledged to the client was not stored");
+                            }
+                        }
+                    }
+                    shared.metrics.stored.fetch_add(stored, Ordering::Relaxed);
+                });
+                self.pending.push_back(Burst { items, done: None });
+            }
+        }
+    }
+
+    /// Adds the connection's tallies to the shared metrics.
+    fn flush_counts(&mut self) {
+        let m = &self.shared.metrics;
+        let c = std::mem::take(&mut self.counts);
+        for (q, n) in c.publishes.iter().enumerate() {
+            if *n > 0 {
+                m.publishes[q].fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        if c.stored > 0 {
+            m.stored.fetch_add(c.stored, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers the oldest burst, whose commit finished with `results`, in publish order.
+    fn complete_front(&mut self, results: Vec<crate::store::Result<u64>>) -> Result<(), End> {
+        let Some(burst) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        self.inflight = self.inflight.saturating_sub(burst.items.len());
+        let mut results = results.into_iter();
+        let mut end = Ok(());
+        for item in burst.items {
+            let o = match item.step {
+                Step::Ready(result) => Outcome {
+                    qos: item.qos,
+                    pkid: item.pkid,
+                    result,
+                    stored: false,
+                    fanout: None,
+                },
+                Step::Appended { fanout } => Outcome {
+                    qos: item.qos,
+                    pkid: item.pkid,
+                    result: match results.next() {
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(e)) => Err(Refused::Store(e)),
+                        None => Err(Refused::Store(StoreError::Closed)),
+                    },
+                    stored: true,
+                    fanout,
+                },
+            };
+            if o.stored && o.result.is_ok() {
+                self.counts.stored += 1;
+            }
+            if let Err(e) = self.on_outcome(o) {
+                end = Err(e);
+                break;
+            }
+        }
+        self.flush_counts();
+        end
+    }
+
+    /// Answers every burst at the front whose commit has finished, without waiting.
+    fn complete_ready(&mut self) -> Result<(), End> {
+        loop {
+            let ready = match self.pending.front_mut() {
+                None => return Ok(()),
+                Some(Burst { done: None, .. }) => Vec::new(),
+                Some(Burst { done: Some(t), .. }) => match t.now_or_never() {
+                    Some(r) => r,
+                    None => return Ok(()),
+                },
+            };
+            self.complete_front(ready)?;
         }
     }
 
@@ -543,10 +788,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let max_inflight = self.shared.opts.max_inflight.max(1) as usize;
         loop {
             // Handle what is already buffered, as far as the in-flight window allows.
-            while self.pending.len() < max_inflight {
+            self.burst_ms = now_ms();
+            while self.inflight < max_inflight {
                 match self.next_packet() {
-                    Ok(Some((p, meta))) => {
-                        if let Err(end) = self.handle(p, meta).await {
+                    Ok(Some(p)) => {
+                        if let Err(end) = self.handle(p).await {
                             return end;
                         }
                     }
@@ -566,7 +812,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if let Err(end) = flushed {
                 return end;
             }
-            let can_read = self.pending.len() < max_inflight;
+            let can_read = self.inflight < max_inflight;
             if can_read && self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(8192);
             }
@@ -581,15 +827,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 biased;
                 _ = stop.changed() => return End::Shutdown,
                 _ = takeover.notified() => return End::TakenOver,
-                Some(o) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(end) = self.on_outcome(o) {
+                results = front_done(&mut self.pending), if !self.pending.is_empty() => {
+                    // One wake-up per committed burst; every ack that is ready goes out in
+                    // one write (the flush at the top of the loop).
+                    if let Err(end) = self.complete_front(results) {
                         return end;
                     }
-                    // Batch every ack that is ready into one write.
-                    while let Some(Some(o)) = self.pending.next().now_or_never() {
-                        if let Err(end) = self.on_outcome(o) {
-                            return end;
-                        }
+                    if let Err(end) = self.complete_ready() {
+                        return end;
                     }
                 }
                 r = self.stream.read_buf(&mut self.rbuf), if can_read => match r {
@@ -613,8 +858,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    /// The next complete packet in the read buffer, with a PUBLISH's (qos, pkid).
-    fn next_packet(&mut self) -> Result<Option<(Packet, PublishMeta)>, End> {
+    /// The next complete packet in the read buffer. A PUBLISH comes as `Incoming::Publish`:
+    /// MQTT 3.1.1 ones are parsed here directly (the hot path: no trip through rumqttd's
+    /// large `Packet` enum, which is moved several times per packet), MQTT 5 ones by the codec.
+    fn next_packet(&mut self) -> Result<Option<Incoming>, End> {
         let max = self.shared.opts.max_packet_size;
         match codec::peek_frame(&self.rbuf, max) {
             Ok(Frame::Incomplete) => Ok(None),
@@ -623,13 +870,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 header_len,
                 len,
             }) => {
-                let meta = if byte1 >> 4 == 3 {
+                let is_publish = byte1 >> 4 == 3;
+                if is_publish && self.codec.version == Version::V4 {
+                    let frame = self.rbuf.split_to(len).freeze();
+                    return match codec::read_v4_publish(frame, byte1, header_len) {
+                        Ok(p) => Ok(Some(Incoming::Publish(p, None))),
+                        Err(e) => {
+                            tracing::info!(error = e, "malformed packet");
+                            Err(End::Close(CloseReason::Malformed))
+                        }
+                    };
+                }
+                let meta = if is_publish {
                     codec::publish_meta(&self.rbuf[..len], byte1, header_len)
                 } else {
                     (0, 0)
                 };
                 match self.codec.read(&mut self.rbuf, max) {
-                    Ok(p) => Ok(Some((p, meta))),
+                    Ok(Packet::Publish(p, props)) => Ok(Some(Incoming::Publish(
+                        codec::InPublish {
+                            qos: meta.0,
+                            pkid: meta.1,
+                            retain: p.retain,
+                            topic: p.topic,
+                            payload: p.payload,
+                        },
+                        props.map(Box::new),
+                    ))),
+                    Ok(p) => Ok(Some(Incoming::Other(Box::new(p)))),
                     Err(e) => {
                         tracing::info!(error = %e, "malformed packet");
                         Err(End::Close(CloseReason::Malformed))
@@ -651,9 +919,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    async fn handle(&mut self, p: Packet, (qos, pkid): PublishMeta) -> Result<(), End> {
+    async fn handle(&mut self, p: Incoming) -> Result<(), End> {
+        let p = match p {
+            Incoming::Publish(publish, props) => return self.on_publish(publish, props),
+            Incoming::Other(p) => *p,
+        };
         match p {
-            Packet::Publish(publish, props) => self.on_publish(publish, props, qos, pkid),
             Packet::PubRel(rel, _) => {
                 let known = self.qos2.remove(&rel.pkid);
                 let reason = if known || !self.v5() {
@@ -690,59 +961,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     fn on_publish(
         &mut self,
-        publish: Publish,
-        props: Option<PublishProperties>,
-        qos: u8,
-        pkid: u16,
+        publish: codec::InPublish,
+        props: Option<Box<PublishProperties>>,
     ) -> Result<(), End> {
-        let shared = self.shared.clone();
-        let m = &shared.metrics;
-        m.publishes[(qos as usize).min(2)].fetch_add(1, Ordering::Relaxed);
+        let (qos, pkid) = (publish.qos, publish.pkid);
+        let shared = &self.shared;
+        self.counts.publishes[(qos as usize).min(2)] += 1;
 
-        // Topic: from the packet, or from a v5 topic alias.
+        // Topic: from the packet (borrowed), or from a v5 topic alias.
         let alias = props.as_ref().and_then(|p| p.topic_alias);
-        let topic = match std::str::from_utf8(&publish.topic) {
-            Ok(t) => t.to_owned(),
-            Err(_) => {
-                tracing::info!("PUBLISH topic is not UTF-8");
-                return Err(End::Close(CloseReason::InvalidTopic));
-            }
+        let Ok(named) = std::str::from_utf8(&publish.topic) else {
+            tracing::info!("PUBLISH topic is not UTF-8");
+            return Err(End::Close(CloseReason::InvalidTopic));
         };
-        let topic = match alias {
-            None => topic,
+        let aliased = match alias {
+            None => None,
             Some(a) if a == 0 || a > shared.opts.topic_alias_max => {
                 tracing::info!(alias = a, "topic alias out of range");
                 return Err(End::Close(CloseReason::TopicAliasInvalid));
             }
-            Some(a) if topic.is_empty() => match self.aliases.get(&a) {
-                Some(t) => t.clone(),
+            Some(a) if named.is_empty() => match self.aliases.get(&a) {
+                Some(t) => Some(t.clone()),
                 None => {
                     tracing::info!(alias = a, "unknown topic alias");
                     return Err(End::Close(CloseReason::TopicAliasInvalid));
                 }
             },
-            Some(_) => topic,
+            Some(_) => None,
         };
-        if let Err(e) = validate_topic_name(&topic) {
-            tracing::info!(error = %e, "invalid PUBLISH topic");
-            return Err(End::Close(CloseReason::InvalidTopic));
+        let topic: &str = aliased.as_deref().unwrap_or(named);
+        // A topic this connection used recently was validated, classified (by the same
+        // classifier) and checked against its ACL then: take the answers from the memo.
+        let classifier = shared.classifier.load();
+        let known = self.topics.get(&classifier, topic);
+        if known.is_none() {
+            if let Err(e) = validate_topic_name(topic) {
+                tracing::info!(error = %e, "invalid PUBLISH topic");
+                return Err(End::Close(CloseReason::InvalidTopic));
+            }
         }
-        if let Some(a) = alias {
-            self.aliases.insert(a, topic.clone());
+        if let (Some(a), None) = (alias, &aliased) {
+            self.aliases.insert(a, topic.to_owned());
         }
 
         if qos == 2 && self.qos2.contains(&pkid) {
-            m.qos2_duplicates.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .qos2_duplicates
+                .fetch_add(1, Ordering::Relaxed);
             self.push_ready(qos, pkid, Err(Refused::Duplicate));
             return Ok(());
         }
-        if !self.acl.may_publish(&topic) {
+        let (class, allowed) = match known {
+            Some(k) => k,
+            None => {
+                let k = (classifier.classify(topic), self.acl.may_publish(topic));
+                self.topics.put(&classifier, topic, k);
+                k
+            }
+        };
+        drop(classifier);
+        if !allowed {
             self.push_ready(qos, pkid, Err(Refused::NotAuthorized));
             return Ok(());
         }
 
         let (user_properties, content_type) = match props {
-            Some(p) => (without_reserved(p.user_properties), p.content_type),
+            Some(p) => {
+                let p = *p;
+                (without_reserved(p.user_properties), p.content_type)
+            }
             None => (Vec::new(), None),
         };
         // Keep a copy for the live feed only while someone subscribes: otherwise the topic
@@ -752,75 +1040,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .fanout
             .as_ref()
             .is_some_and(|f| f.has_subscribers())
-            .then(|| (topic.clone(), publish.payload.clone()));
-        let class = shared.classifier.load().classify(&topic);
-        let record = Record {
-            timestamp_ms: now_ms(),
+            .then(|| (topic.to_owned(), publish.payload.clone()));
+        // Encoded into the batch straight from the packet: no owned copy of topic, client id
+        // or payload per message.
+        let record = RecordRef {
+            timestamp_ms: self.burst_ms,
             topic,
             qos,
             retain: publish.retain,
-            client_id: self.client_id.clone(),
-            user_properties,
-            content_type,
-            payload: publish.payload,
+            client_id: &self.client_id,
+            user_properties: &user_properties,
+            content_type: content_type.as_deref(),
+            payload: &publish.payload,
         };
-        let ticket = match shared.store.append_to(&mut self.batch, class, record) {
-            Ok(t) => t,
-            Err(e) => {
-                self.push_ready(qos, pkid, Err(Refused::Store(e)));
-                return Ok(());
-            }
-        };
+        if let Err(e) = shared.store.append_to(&mut self.batch, class, record) {
+            self.push_ready(qos, pkid, Err(Refused::Store(e)));
+            return Ok(());
+        }
         if qos == 2 {
             self.qos2.insert(pkid);
         }
-        match shared.opts.ack {
-            AckMode::Durable => self.pending.push_back(Box::pin(async move {
-                let result = ticket.await.map(|_| ()).map_err(Refused::Store);
-                Outcome {
-                    qos,
-                    pkid,
-                    result,
-                    stored: true,
-                    fanout,
-                }
-            })),
+        let step = match shared.opts.ack {
+            AckMode::Durable => Step::Appended { fanout },
             AckMode::Fast => {
-                let shared = shared.clone();
-                let client_id = self.client_id.clone();
-                tokio::spawn(async move {
-                    match ticket.await {
-                        Ok(_) => {
-                            shared.metrics.stored.fetch_add(1, Ordering::Relaxed);
-                            if let (Some(f), Some((t, p))) = (&shared.fanout, fanout) {
-                                f.publish(&t, p);
-                            }
-                        }
-                        Err(e) => {
-                            shared.metrics.count_refusal(super::Refusal::AfterAck);
-                            tracing::warn!(client_id, error = %e, "ack = fast: a publish acknowledged to the client was not stored");
-                        }
-                    }
-                });
-                self.push_ready(qos, pkid, Ok(()));
+                self.fast_fanout.push(fanout);
+                Step::Ready(Ok(()))
             }
-        }
+        };
+        self.inflight += 1;
+        self.burst.push(Item { qos, pkid, step });
         Ok(())
     }
 
     fn push_ready(&mut self, qos: u8, pkid: u16, result: Result<(), Refused>) {
-        self.pending.push_back(Box::pin(std::future::ready(Outcome {
+        self.inflight += 1;
+        self.burst.push(Item {
             qos,
             pkid,
-            result,
-            stored: false,
-            fanout: None,
-        })));
+            step: Step::Ready(result),
+        });
     }
 
     /// Turns one finished publish into its ack (or refusal), in publish order.
     fn on_outcome(&mut self, o: Outcome) -> Result<(), End> {
-        let m = self.shared.metrics.clone();
+        let m = &self.shared.metrics;
         let v5 = self.v5();
         let (puback, pubrec) = match o.result {
             // Still awaiting PUBREL: the original was stored. Otherwise it was refused (and
@@ -833,9 +1096,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 PubRecReason::UnspecifiedError,
             ),
             Ok(()) => {
-                if o.stored {
-                    m.stored.fetch_add(1, Ordering::Relaxed);
-                }
                 if let (Some(f), Some((topic, payload))) = (&self.shared.fanout, o.fanout) {
                     f.publish(&topic, payload);
                 }
@@ -888,6 +1148,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 return Err(End::Close(CloseReason::StoreError));
             }
         };
+        if !v5 {
+            // MQTT 3.1.1 acks are 4 fixed bytes (no reason code): no trip through the codec.
+            let kind = match o.qos {
+                1 => 0x40,
+                2 => 0x50,
+                _ => return Ok(()),
+            };
+            let [hi, lo] = o.pkid.to_be_bytes();
+            self.wbuf.extend_from_slice(&[kind, 0x02, hi, lo]);
+            return Ok(());
+        }
         match o.qos {
             1 => self.write(Packet::PubAck(
                 PubAck {
@@ -978,9 +1249,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 // Let the commits already in flight complete and tell the client, all within
                 // shutdown_grace (a client that does not read cannot hold up the shutdown).
                 let deadline = Instant::now() + self.shared.opts.shutdown_grace;
-                while let Ok(Some(o)) = tokio::time::timeout_at(deadline, self.pending.next()).await
-                {
-                    if self.on_outcome(o).is_err() {
+                while !self.pending.is_empty() {
+                    let Ok(results) =
+                        tokio::time::timeout_at(deadline, front_done(&mut self.pending)).await
+                    else {
+                        break;
+                    };
+                    if self.complete_front(results).is_err() {
                         break;
                     }
                 }
@@ -1013,6 +1288,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 };
                 if let Some(code) = code {
                     let _ = self.write(disconnect(code));
+                }
+                // Acks of the publishes before the one that ended the connection (e.g. earlier
+                // in the same burst) are due: send them, unless writing is what failed.
+                if reason != &CloseReason::WriteTimeout && !self.wbuf.is_empty() {
                     let _ = self.flush().await;
                 }
             }

@@ -55,6 +55,105 @@ impl Future for CommitTicket {
     }
 }
 
+/// Completes once for a whole submitted [`AppendBatch`], when every one of its appends is
+/// durable or was refused / failed: one result per append, in the order of
+/// [`Store::append_to`](super::Store::append_to) (the index it returned). One wake-up per
+/// batch instead of one per record. `.await` it, or [`BatchTicket::wait`] from a plain thread.
+pub struct BatchTicket {
+    rx: oneshot::Receiver<Vec<Result<u64>>>,
+    len: usize,
+}
+
+impl BatchTicket {
+    /// Number of appends (and results) in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Blocks the current thread until the batch finished. Do not call inside a tokio runtime.
+    pub fn wait(self) -> Vec<Result<u64>> {
+        let len = self.len;
+        self.rx.blocking_recv().unwrap_or_else(|_| closed(len))
+    }
+}
+
+impl Future for BatchTicket {
+    type Output = Vec<Result<u64>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let len = self.len;
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| closed(len)))
+    }
+}
+
+fn closed(len: usize) -> Vec<Result<u64>> {
+    (0..len).map(|_| Err(StoreError::Closed)).collect()
+}
+
+/// The results of one submitted batch, filled in by the writer as its records complete.
+struct BatchState {
+    results: Vec<Result<u64>>,
+    remaining: usize,
+    tx: Option<oneshot::Sender<Vec<Result<u64>>>>,
+}
+
+/// How the writer reports one append's outcome: its own ticket ([`Store::append`]) or its
+/// slot in a submitted batch (sent to the batch's ticket when the last slot completed). A
+/// `Done` dropped without a result reports `StoreError::Closed`, like a dropped oneshot.
+enum Done {
+    One(Option<oneshot::Sender<Result<u64>>>),
+    Slot {
+        batch: Arc<Mutex<BatchState>>,
+        index: usize,
+        sent: bool,
+    },
+}
+
+impl Done {
+    fn send(mut self, r: Result<u64>) {
+        self.complete(r);
+    }
+
+    fn complete(&mut self, r: Result<u64>) {
+        match self {
+            Done::One(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(r);
+                }
+            }
+            Done::Slot { batch, index, sent } => {
+                if *sent {
+                    return;
+                }
+                *sent = true;
+                let mut b = batch.lock();
+                if let Some(slot) = b.results.get_mut(*index) {
+                    *slot = r;
+                }
+                b.remaining = b.remaining.saturating_sub(1);
+                if b.remaining == 0 {
+                    if let Some(tx) = b.tx.take() {
+                        let results = std::mem::take(&mut b.results);
+                        drop(b);
+                        let _ = tx.send(results);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Done::Slot { sent: false, .. } = self {
+            self.complete(Err(StoreError::Closed));
+        }
+    }
+}
+
 /// See `Writer::run`: while lingering (only after the writer was idle, and only when
 /// `commit_max_delay` > 0), how long an empty queue may stay empty before the batch is
 /// committed.
@@ -67,15 +166,15 @@ struct Queued {
     start: usize,
     len: usize,
     timestamp_ms: u64,
-    done: oneshot::Sender<Result<u64>>,
+    /// `None` in an [`AppendBatch`] until it is submitted (then a slot of its ticket).
+    done: Option<Done>,
 }
 
 /// Appends gathered by one caller and handed to the writer in one message by
 /// [`Store::submit`](super::Store::submit), e.g. every PUBLISH of one socket read: the writer
 /// sees a client's burst whole, so it can commit at once instead of waiting to see whether
-/// more is coming. Tickets from [`Store::append_to`](super::Store::append_to) resolve only
-/// after the batch was submitted; a batch dropped unsubmitted resolves them to
-/// `StoreError::Closed`.
+/// more is coming, and the caller waits for the whole burst with one [`BatchTicket`]. A batch
+/// dropped unsubmitted stores nothing.
 #[derive(Default)]
 pub struct AppendBatch {
     items: Vec<Queued>,
@@ -445,27 +544,57 @@ impl Shared {
 
     pub fn append(&self, class: ClassId, rec: Record) -> Result<CommitTicket> {
         let mut batch = AppendBatch::default();
-        let ticket = self.append_to(&mut batch, class, rec)?;
-        self.submit(&mut batch)?;
-        Ok(ticket)
-    }
-
-    /// Hands every append in `batch` to the writer in one message (no-op when empty).
-    pub fn submit(&self, batch: &mut AppendBatch) -> Result<()> {
-        if batch.items.is_empty() {
-            return Ok(());
+        self.append_to(&mut batch, class, rec.as_ref())?;
+        let (tx, rx) = oneshot::channel();
+        if let Some(q) = batch.items.first_mut() {
+            q.done = Some(Done::One(Some(tx)));
         }
         let items = std::mem::take(&mut batch.items);
         let buf = Bytes::from(std::mem::take(&mut batch.buf));
-        self.send(Cmd::Batch { items, buf })
+        self.send(Cmd::Batch { items, buf })?;
+        Ok(CommitTicket(rx))
+    }
+
+    /// Hands every append in `batch` to the writer in one message; the ticket completes once,
+    /// with one result per append (an empty batch: at once, with no results).
+    pub fn submit(&self, batch: &mut AppendBatch) -> Result<BatchTicket> {
+        let len = batch.items.len();
+        let (tx, rx) = oneshot::channel();
+        let ticket = BatchTicket { rx, len };
+        if len == 0 {
+            let _ = tx.send(Vec::new());
+            return Ok(ticket);
+        }
+        let state = Arc::new(Mutex::new(BatchState {
+            // Placeholders: every slot overwrites its own (a dropped one with `Closed`).
+            results: (0..len).map(|_| Ok(0)).collect(),
+            remaining: len,
+            tx: Some(tx),
+        }));
+        let mut items = std::mem::take(&mut batch.items);
+        for (index, q) in items.iter_mut().enumerate() {
+            q.done = Some(Done::Slot {
+                batch: state.clone(),
+                index,
+                sent: false,
+            });
+        }
+        drop(state);
+        let buf = Bytes::from(std::mem::take(&mut batch.buf));
+        // The next batch of this caller is likely as large: no regrowing from empty.
+        batch.buf = Vec::with_capacity(buf.len());
+        // On a send error the items (and their slots) are dropped: the ticket resolves to
+        // `Closed` for every append.
+        self.send(Cmd::Batch { items, buf })?;
+        Ok(ticket)
     }
 
     pub fn append_to(
         &self,
         batch: &mut AppendBatch,
         class: ClassId,
-        rec: Record,
-    ) -> Result<CommitTicket> {
+        rec: RecordRef<'_>,
+    ) -> Result<usize> {
         let c = self.class(class)?;
         if self.opts.read_only {
             return Err(StoreError::ReadOnly);
@@ -503,16 +632,15 @@ impl Shared {
         let start = batch.buf.len();
         rec.encode(&mut batch.buf);
         let len = batch.buf.len() - start;
-        debug_assert_eq!(len, size, "Record::logical_size must match its encoding");
-        let (done, rx) = oneshot::channel();
+        debug_assert_eq!(len, size, "RecordRef::logical_size must match its encoding");
         batch.items.push(Queued {
             class,
             start,
             len,
             timestamp_ms: rec.timestamp_ms,
-            done,
+            done: None,
         });
-        Ok(CommitTicket(rx))
+        Ok(batch.items.len() - 1)
     }
 
     pub fn reader(&self, class: ClassId, from_seq: u64) -> Result<Reader> {
@@ -704,7 +832,7 @@ struct Pending {
     /// The encoded record (a slice of its batch's buffer).
     data: Bytes,
     timestamp_ms: u64,
-    done: oneshot::Sender<Result<u64>>,
+    done: Done,
 }
 
 impl Pending {
@@ -712,7 +840,8 @@ impl Pending {
         Pending {
             data: buf.slice(q.start..q.start + q.len),
             timestamp_ms: q.timestamp_ms,
-            done: q.done,
+            // Every queued append has its `Done` by now (set by `append` / `submit`).
+            done: q.done.unwrap_or(Done::One(None)),
         }
     }
 }
@@ -737,7 +866,7 @@ struct FrameWritten {
     end_offset: u64,
     /// Already fdatasync'd (its segment was sealed by a roll within this commit).
     synced: bool,
-    tickets: Vec<oneshot::Sender<Result<u64>>>,
+    tickets: Vec<Done>,
 }
 
 impl Writer {
@@ -897,7 +1026,7 @@ impl Writer {
                     .refused_headroom
                     .fetch_add(pend.len() as u64, Ordering::Relaxed);
                 for p in pend {
-                    let _ = p.done.send(Err(StoreError::Headroom {
+                    p.done.send(Err(StoreError::Headroom {
                         free,
                         min: self.opts.min_free_bytes,
                     }));
@@ -1012,7 +1141,7 @@ impl Writer {
         }
         for f in completed {
             for (i, t) in f.tickets.into_iter().enumerate() {
-                let _ = t.send(Ok(f.header.first_seq + i as u64));
+                t.send(Ok(f.header.first_seq + i as u64));
             }
         }
     }
@@ -1025,7 +1154,7 @@ impl Writer {
         class: ClassId,
         pend: Vec<Pending>,
         earlier: &mut [FrameWritten],
-    ) -> std::result::Result<FrameWritten, (StoreError, Vec<oneshot::Sender<Result<u64>>>)> {
+    ) -> std::result::Result<FrameWritten, (StoreError, Vec<Done>)> {
         let c = self.classes[class].clone();
         let (first_seq, logical_start) = next_position(&c, earlier);
         self.body.clear();
@@ -1284,9 +1413,9 @@ fn next_position(c: &ClassShared, earlier: &[FrameWritten]) -> (u64, u64) {
     }
 }
 
-fn fail_all(tickets: Vec<oneshot::Sender<Result<u64>>>, e: &StoreError) {
+fn fail_all(tickets: Vec<Done>, e: &StoreError) {
     for t in tickets {
-        let _ = t.send(Err(clone_err(e)));
+        t.send(Err(clone_err(e)));
     }
 }
 

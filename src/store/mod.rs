@@ -14,7 +14,10 @@
 //! [`Store::append`] queues a record for the group-commit writer and returns a
 //! [`CommitTicket`]. The ticket completes only after the frame holding the record was written
 //! and `fdatasync`'d (and, for a new segment, the directory fsync'd). Whoever holds a
-//! completed ticket may tell the sender the record is safe.
+//! completed ticket may tell the sender the record is safe. [`Store::append_to`] +
+//! [`Store::submit`] do the same for a batch with one [`BatchTicket`]: it completes when the
+//! last record of the batch did, with each record's own result (`Ok(seq)` only for a record
+//! whose frame was written and `fdatasync`'d).
 //!
 //! Records leave the log only when (a) [`Store::ack`] moved the class's acknowledged position
 //! past every record of a sealed segment, or (b) a retention rule (`max_bytes`, `max_age`,
@@ -37,9 +40,9 @@ mod segment;
 mod space;
 
 pub(crate) use commit::now_ms;
-pub use commit::{AppendBatch, CommitTicket, DATA_DIR_MODE};
+pub use commit::{AppendBatch, BatchTicket, CommitTicket, DATA_DIR_MODE};
 pub use reader::Reader;
-pub use record::{Record, StoredRecord};
+pub use record::{Record, RecordRef, StoredRecord};
 pub use recovery::{RecoveryAction, RecoveryReport};
 pub use space::{FixedFreeSpace, FreeSpace, StatvfsFreeSpace};
 
@@ -328,22 +331,28 @@ impl Store {
         self.inner.append(class, rec)
     }
 
-    /// Like [`Store::append`], but the append waits in `batch` until [`Store::submit`]: a
-    /// caller with several records at hand (one socket read's PUBLISHes) hands them to the
-    /// writer in one go, so they share a commit without the writer lingering for them. The
-    /// same checks refuse an append at once; the ticket resolves only after the submit.
+    /// Like [`Store::append`], but the append waits in `batch` until [`Store::submit`], and
+    /// the record is borrowed (encoded into the batch at once). A caller with several records
+    /// at hand (one socket read's PUBLISHes) hands them to the writer in one go, so they share
+    /// a commit without the writer lingering for them, and waits for all of them with one
+    /// [`BatchTicket`]. The same checks refuse an append at once (`Err`, nothing queued);
+    /// otherwise returns the append's index in the batch, which is its place in the ticket's
+    /// results. A batch dropped unsubmitted stores nothing.
     pub fn append_to(
         &self,
         batch: &mut AppendBatch,
         class: ClassId,
-        rec: Record,
-    ) -> Result<CommitTicket> {
+        rec: RecordRef<'_>,
+    ) -> Result<usize> {
         self.inner.append_to(batch, class, rec)
     }
 
-    /// Queues every append of `batch` for the next group commit (nothing when empty). On
-    /// `Err` (store closed) the batch's tickets resolve to `StoreError::Closed`.
-    pub fn submit(&self, batch: &mut AppendBatch) -> Result<()> {
+    /// Queues every append of `batch` for the next group commit and empties it. The ticket
+    /// completes once, when every append of the batch is durable or failed, with one result
+    /// per append in batch order (an empty batch: at once, with no results). On `Err` (store
+    /// closed) nothing was queued; a ticket of a batch the writer could not take resolves every
+    /// result to `StoreError::Closed`.
+    pub fn submit(&self, batch: &mut AppendBatch) -> Result<BatchTicket> {
         self.inner.submit(batch)
     }
 

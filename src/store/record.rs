@@ -53,16 +53,30 @@ impl StoredRecord {
 const FLAG_RETAIN: u8 = 1 << 2;
 const FLAG_CONTENT_TYPE: u8 = 1 << 3;
 
-impl Record {
+/// A record borrowed from its parts, for appending without owning copies of them (ingest
+/// appends straight from the socket's read buffer). Encodes exactly like [`Record`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub timestamp_ms: u64,
+    pub topic: &'a str,
+    pub qos: u8,
+    pub retain: bool,
+    pub client_id: &'a str,
+    pub user_properties: &'a [(String, String)],
+    pub content_type: Option<&'a str>,
+    pub payload: &'a [u8],
+}
+
+impl RecordRef<'_> {
     /// The record's logical size: its uncompressed encoded length.
     pub fn logical_size(&self) -> usize {
         let mut n = varint_len(self.timestamp_ms) + 1;
-        n += str_len(&self.topic) + str_len(&self.client_id);
-        if let Some(ct) = &self.content_type {
+        n += str_len(self.topic) + str_len(self.client_id);
+        if let Some(ct) = self.content_type {
             n += str_len(ct);
         }
         n += varint_len(self.user_properties.len() as u64);
-        for (k, v) in &self.user_properties {
+        for (k, v) in self.user_properties {
             n += str_len(k) + str_len(v);
         }
         n + varint_len(self.payload.len() as u64) + self.payload.len()
@@ -80,15 +94,40 @@ impl Record {
         out.push(flags);
         put_bytes(out, self.topic.as_bytes());
         put_bytes(out, self.client_id.as_bytes());
-        if let Some(ct) = &self.content_type {
+        if let Some(ct) = self.content_type {
             put_bytes(out, ct.as_bytes());
         }
         put_varint(out, self.user_properties.len() as u64);
-        for (k, v) in &self.user_properties {
+        for (k, v) in self.user_properties {
             put_bytes(out, k.as_bytes());
             put_bytes(out, v.as_bytes());
         }
-        put_bytes(out, &self.payload);
+        put_bytes(out, self.payload);
+    }
+}
+
+impl Record {
+    /// The record's parts, borrowed.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            timestamp_ms: self.timestamp_ms,
+            topic: &self.topic,
+            qos: self.qos,
+            retain: self.retain,
+            client_id: &self.client_id,
+            user_properties: &self.user_properties,
+            content_type: self.content_type.as_deref(),
+            payload: &self.payload,
+        }
+    }
+
+    /// The record's logical size: its uncompressed encoded length.
+    pub fn logical_size(&self) -> usize {
+        self.as_ref().logical_size()
+    }
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        self.as_ref().encode(out)
     }
 
     /// Decodes one record from `buf` starting at `*pos`, advancing `*pos`.
