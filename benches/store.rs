@@ -64,32 +64,40 @@ fn append_run(dir: &Path, level: i32, n: u64, mode: Mode) -> (f64, IoStats, Clas
     let t0 = Instant::now();
     let mut i = 0;
     let mut batch = AppendBatch::default();
-    let mut previous: Vec<CommitTicket> = Vec::new();
-    while i < n {
-        let tickets: Vec<_> = (0..BATCH as u64)
-            .map(|k| {
-                if mode == Mode::Single {
-                    store.append(0, telemetry(i + k)).unwrap()
-                } else {
-                    store.append_to(&mut batch, 0, telemetry(i + k)).unwrap()
-                }
-            })
-            .collect();
-        if mode != Mode::Single {
-            store.submit(&mut batch).unwrap();
+    // Pipelined: the previous group's ticket, awaited after the next group was submitted.
+    let mut previous: Option<BatchTicket> = None;
+    let check = |results: Vec<ferry::store::Result<u64>>| {
+        assert_eq!(results.len(), BATCH);
+        for r in results {
+            r.unwrap();
         }
-        let wait_now = if mode == Mode::Pipelined {
-            std::mem::replace(&mut previous, tickets)
+    };
+    while i < n {
+        if mode == Mode::Single {
+            let tickets: Vec<_> = (0..BATCH as u64)
+                .map(|k| store.append(0, telemetry(i + k)).unwrap())
+                .collect();
+            for t in tickets {
+                t.wait().unwrap();
+            }
         } else {
-            tickets
-        };
-        for t in wait_now {
-            t.wait().unwrap();
+            for k in 0..BATCH as u64 {
+                let rec = telemetry(i + k);
+                store.append_to(&mut batch, 0, rec.as_ref()).unwrap();
+            }
+            let ticket = store.submit(&mut batch).unwrap();
+            if mode == Mode::Pipelined {
+                if let Some(t) = previous.replace(ticket) {
+                    check(t.wait());
+                }
+            } else {
+                check(ticket.wait());
+            }
         }
         i += BATCH as u64;
     }
-    for t in previous {
-        t.wait().unwrap();
+    if let Some(t) = previous {
+        check(t.wait());
     }
     let secs = t0.elapsed().as_secs_f64();
     let io = store.io_stats();
