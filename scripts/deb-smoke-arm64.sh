@@ -17,16 +17,9 @@ command -v qemu-aarch64 >/dev/null \
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-check() {
-    local what="$1"; shift
-    if "$@" >"$tmp/out" 2>&1; then
-        passed=$((passed + 1)); echo "ok   - $what"
-    else
-        failed=$((failed + 1)); echo "FAIL - $what"; sed 's/^/       /' "$tmp/out"
-    fi
-}
+# check, stop_daemon, and the passed/failed counters.
+SMOKE_OUT="$tmp/out"
+. "$(dirname "$0")/smoke-lib.sh"
 # The arm64 loader and libraries: the cross libc, plus multiarch arm64 libraries (libssl3:arm64)
 # which live under /usr/lib/aarch64-linux-gnu on the host.
 run_arm64() {
@@ -82,14 +75,8 @@ if [ "${FERRY_SMOKE_SKIP_CLI:-0}" != 1 ] && command -v mosquitto_pub >/dev/null;
     check "ferry status over the control socket counts 3 telemetry records" sh -c \
         "$(declare -f run_arm64); run_arm64 '$bin' status --json --socket '$tmp/run/ferry.sock' \
          | python3 -c 'import json,sys; s=json.load(sys.stdin); c=[c for c in s[\"classes\"] if c[\"name\"]==\"telemetry\"][0]; sys.exit(0 if c[\"records\"]==3 else 1)'"
-    kill -TERM "$daemon_pid"
-    stopped=0
-    for _ in $(seq 1 300); do
-        kill -0 "$daemon_pid" 2>/dev/null || { stopped=1; break; }
-        sleep 0.1
-    done
+    stop_daemon "$daemon_pid"
     check "SIGTERM stops ferry under qemu" test "$stopped" = 1
-    wait "$daemon_pid"; rc=$?
     check "ferry exited 0 (log below on failure)" sh -c "[ $rc = 0 ] || { cat '$tmp/daemon.log'; exit 1; }"
     check "ferry peek --data-dir under qemu shows the 3 messages" sh -c \
         "$(declare -f run_arm64); [ \"\$(run_arm64 '$bin' peek --class telemetry --json --data-dir '$tmp/data' --config '$tmp/ferry.toml' | grep -o arm64smoke | wc -l)\" = 3 ]"

@@ -12,6 +12,9 @@
 # WARNING: this really installs the package, creates the `ferry` user and purges
 # /var/lib/ferry at the end. Do not run it on a gateway that uses ferry.
 set -uo pipefail
+# check, stop_daemon, and the passed/failed counters.
+SMOKE_OUT=/tmp/deb-smoke.out
+. "$(dirname "$0")/smoke-lib.sh"
 
 deb="${1:?usage: deb-smoke.sh path/to/ferry_VERSION_ARCH.deb}"
 [ -f "$deb" ] || { echo "deb-smoke: no such file: $deb" >&2; exit 2; }
@@ -22,16 +25,6 @@ if dpkg-query -W -f='${Status}' ferry 2>/dev/null | grep -q "installed"; then
 fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
-passed=0
-failed=0
-check() { # check "description" command...
-    local what="$1"; shift
-    if "$@" >/tmp/deb-smoke.out 2>&1; then
-        passed=$((passed + 1)); echo "ok   - $what"
-    else
-        failed=$((failed + 1)); echo "FAIL - $what"; sed 's/^/       /' /tmp/deb-smoke.out
-    fi
-}
 stat_is() { # stat_is PATH "mode owner group"
     [ "$(stat -c '%a %U %G' "$1")" = "$2" ] || { echo "$1: $(stat -c '%a %U %G' "$1"), want $2"; return 1; }
 }
@@ -98,14 +91,8 @@ if [ "${FERRY_SMOKE_SKIP_CLI:-0}" != 1 ]; then
         check "ferry peek shows the message" sh -c \
             "/usr/bin/ferry peek --class telemetry --json --config /etc/ferry/ferry.toml | grep -q 'smoke'"
     fi
-    kill -TERM "$daemon_pid"
-    stopped=0
-    for _ in $(seq 1 300); do
-        kill -0 "$daemon_pid" 2>/dev/null || { stopped=1; break; }
-        sleep 0.1
-    done
+    stop_daemon "$daemon_pid"
     check "SIGTERM stops the daemon within 30 s" test "$stopped" = 1
-    wait "$daemon_pid"; rc=$?
     check "the daemon exited 0 (log: /tmp/deb-smoke-daemon.log)" test "$rc" = 0
     check "the data directory holds the stored message" sh -c "grep -rqa 'smoke' /var/lib/ferry/classes/telemetry/"
 fi
