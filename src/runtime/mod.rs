@@ -31,6 +31,10 @@ use crate::store::Store;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::telemetry::notify::{self, Watchdog};
 
+/// While the store opens, how often the daemon checks that recovery is still moving (and then
+/// asks systemd for three times this much more start-up time).
+const RECOVERY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the daemon with the config at `path` until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(path: &Path) -> anyhow::Result<u8> {
     // Before the runtime starts its threads (see `memory`).
@@ -82,8 +86,28 @@ async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyh
     let store_opts = cfg.store_options();
     let data_dir = cfg.storage.data_dir.clone();
     let t0 = std::time::Instant::now();
-    let (store, report) = tokio::task::spawn_blocking(move || Store::open(store_opts))
-        .await
+    // A large backlog on a slow card can take longer to check than `TimeoutStartSec`: while
+    // recovery keeps checking segments, ask systemd for more time (a recovery that stops
+    // moving gets none, so a wedged disk still fails the start).
+    let progress = tokio::spawn(async {
+        let mut seen = crate::store::segments_checked();
+        let mut tick = tokio::time::interval(RECOVERY_PROGRESS_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = crate::store::segments_checked();
+            if now != seen {
+                seen = now;
+                notify::extend_timeout(RECOVERY_PROGRESS_EVERY * 3);
+                notify::status(&format!(
+                    "recovering the message store: {now} segments checked"
+                ));
+            }
+        }
+    });
+    let opened = tokio::task::spawn_blocking(move || Store::open(store_opts)).await;
+    progress.abort();
+    let (store, report) = opened
         .context("store recovery task")?
         .with_context(|| format!("opening the message store in {}", data_dir.display()))?;
     for a in &report.actions {

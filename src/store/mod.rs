@@ -43,7 +43,7 @@ pub(crate) use commit::now_ms;
 pub use commit::{AppendBatch, BatchTicket, CommitTicket, DATA_DIR_MODE};
 pub use reader::Reader;
 pub use record::{Record, RecordRef, StoredRecord};
-pub use recovery::{RecoveryAction, RecoveryReport};
+pub use recovery::{segments_checked, RecoveryAction, RecoveryReport};
 pub use space::{FixedFreeSpace, FreeSpace, StatvfsFreeSpace};
 
 use std::path::PathBuf;

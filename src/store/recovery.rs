@@ -113,11 +113,26 @@ pub(crate) struct RecoveredClass {
 /// holds a 1 MiB buffer, and a damaged segment while it is searched (≤ the segment size).
 const RECOVERY_READERS: usize = 2;
 
+/// Segments checked by recoveries in this process so far (for start-up progress reports).
+static SEGMENTS_CHECKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many segments store recoveries in this process have checked so far. The daemon watches
+/// it while the store opens, to tell systemd that a long recovery is still moving.
+pub fn segments_checked() -> u64 {
+    SEGMENTS_CHECKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn scan_counted(path: &Path, seq: u64) -> Result<segment::Scan> {
+    let r = segment::scan(path, seq);
+    SEGMENTS_CHECKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    r
+}
+
 /// Scans every segment of `names` (sorted), `RECOVERY_READERS` at a time; the results are in
 /// the order of `names`.
 fn scan_all(names: &[(u64, PathBuf)]) -> Vec<Result<segment::Scan>> {
     if names.len() < 2 {
-        return names.iter().map(|(seq, p)| segment::scan(p, *seq)).collect();
+        return names.iter().map(|(seq, p)| scan_counted(p, *seq)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut out: Vec<Option<Result<segment::Scan>>> = (0..names.len()).map(|_| None).collect();
@@ -129,7 +144,7 @@ fn scan_all(names: &[(u64, PathBuf)]) -> Vec<Result<segment::Scan>> {
                 let Some((seq, path)) = names.get(i) else {
                     break;
                 };
-                let scan = segment::scan(path, *seq);
+                let scan = scan_counted(path, *seq);
                 if let Ok(mut r) = results.lock() {
                     r[i] = Some(scan);
                 }
@@ -182,9 +197,7 @@ pub(crate) fn recover_class(
     for (i, (seq, path)) in names.iter().enumerate() {
         let is_last = i + 1 == n;
         let next_first = names.get(i + 1).map(|(s, _)| *s);
-        let scan = scans
-            .next()
-            .unwrap_or_else(|| segment::scan(path, *seq))?;
+        let scan = scans.next().unwrap_or_else(|| segment::scan(path, *seq))?;
         report.segments_scanned += 1;
         report.bytes_scanned += scan.file_len;
         let seg_name = path

@@ -140,6 +140,11 @@ impl Notifier {
     pub fn watchdog(&self) -> Result<(), NotifyError> {
         self.notify("WATCHDOG=1")
     }
+    /// Asks systemd for `by` more time for the current start-up or shutdown step
+    /// (`EXTEND_TIMEOUT_USEC`), e.g. while store recovery is still making progress.
+    pub fn extend_timeout(&self, by: Duration) -> Result<(), NotifyError> {
+        self.notify(&format!("EXTEND_TIMEOUT_USEC={}", by.as_micros()))
+    }
 }
 
 /// The process's notifier (from `NOTIFY_SOCKET`, read once), for tasks that need their own
@@ -176,6 +181,10 @@ pub fn status(msg: &str) {
 /// `STOPPING=1` on the `NOTIFY_SOCKET` notifier: send when a graceful shutdown begins.
 pub fn stopping() {
     log_failure(global().stopping());
+}
+/// `EXTEND_TIMEOUT_USEC` on the `NOTIFY_SOCKET` notifier; see [`Notifier::extend_timeout`].
+pub fn extend_timeout(by: Duration) {
+    log_failure(global().extend_timeout(by));
 }
 /// `WATCHDOG=1` on the `NOTIFY_SOCKET` notifier. Prefer [`Watchdog`], which checks progress.
 pub fn watchdog() {
@@ -408,6 +417,9 @@ mod tests {
         assert!(std::str::from_utf8(&buf[..len])
             .unwrap()
             .starts_with("RELOADING=1\nMONOTONIC_USEC="));
+        n.extend_timeout(Duration::from_secs(30)).unwrap();
+        let len = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"EXTEND_TIMEOUT_USEC=30000000");
     }
 
     #[test]
