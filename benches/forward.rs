@@ -444,7 +444,20 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
     let threads0 = thread_stats();
     let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker_pid), self_csw());
     let t0 = Instant::now();
-    for r in recs {
+    // Diagnostic: `FERRY_BENCH_PLAIN_WINDOW=N` keeps at most N records unreported, like
+    // ferry's in-flight record cap (default: no window, the whole backlog queued at once).
+    let window: Option<u64> = std::env::var("FERRY_BENCH_PLAIN_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (sent, r) in recs.iter().enumerate() {
+        if let Some(w) = window {
+            while sent as u64
+                - (ctx.ok.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed))
+                >= w
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
