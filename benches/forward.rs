@@ -441,9 +441,23 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
         tx_bytes: AtomicI64::new(0),
     });
     let p: ThreadedProducer<Ctx> = cfg.create_with_context(Ctx(ctx.clone())).unwrap();
+    let threads0 = thread_stats();
     let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker_pid), self_csw());
     let t0 = Instant::now();
-    for r in recs {
+    // Diagnostic: `FERRY_BENCH_PLAIN_WINDOW=N` keeps at most N records unreported, like
+    // ferry's in-flight record cap (default: no window, the whole backlog queued at once).
+    let window: Option<u64> = std::env::var("FERRY_BENCH_PLAIN_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (sent, r) in recs.iter().enumerate() {
+        if let Some(w) = window {
+            while sent as u64
+                - (ctx.ok.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed))
+                >= w
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
@@ -479,6 +493,7 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, broker_cpu) = (self_cpu() - cpu0, proc_cpu(broker_pid) - bcpu0);
     let csw = self_csw() - csw0;
+    print_thread_stats("plain", &threads0, &thread_stats(), recs.len() as u64);
     // One more statistics interval, so tx_bytes covers the whole run.
     std::thread::sleep(Duration::from_millis(1200));
     PlainRun {
@@ -745,7 +760,11 @@ fn part_drain(args: &Args) {
 }
 
 /// Only the forwarder's drain, for profiling (`perf record ... --part drain --ferry-only`):
-/// the threads are then the forwarder's (tokio workers), librdkafka's and the store's.
+/// the threads are then the forwarder's (tokio workers), librdkafka's and the store's. Prints
+/// the mean records in flight (5 ms samples) and, by Little's law, the mean time from send to
+/// acknowledgement, plus CPU and context switches per thread name (the plain producer runs of
+/// `--part drain` print the same per-thread lines). `FERRY_BENCH_MAX_IN_FLIGHT=N` sets the
+/// record cap (and at least N KiB of byte cap) for a diagnostic run.
 fn ferry_only(n: u64) {
     let broker = Tansu::start();
     broker.create_topic("ferry.telemetry", PARTITIONS);
@@ -753,28 +772,93 @@ fn ferry_only(n: u64) {
     let store = open_store(dir.path());
     fill(&store, n, telemetry);
     let rt = runtime();
+    let mut opts = forwarder_opts(&broker.bootstrap(), "ferry.telemetry");
+    // Diagnostic knob: `FERRY_BENCH_MAX_IN_FLIGHT=records` (default: the production 10,000).
+    if let Some(r) = std::env::var("FERRY_BENCH_MAX_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.max_in_flight_records = r;
+        opts.max_in_flight_bytes = opts.max_in_flight_bytes.max(r * 1024);
+    }
+    let threads0 = thread_stats();
     let (cpu0, csw0, t0) = (self_cpu(), self_csw(), Instant::now());
-    let fwd = spawn_forwarder(
-        &rt,
-        &store,
-        dir.path(),
-        forwarder_opts(&broker.bootstrap(), "ferry.telemetry"),
-        Box::new(Unlimited),
-    );
+    let fwd = spawn_forwarder(&rt, &store, dir.path(), opts, Box::new(Unlimited));
+    let (mut sum_inflight, mut samples) = (0u64, 0u64);
     while store.acked(0).seq < n {
         std::thread::sleep(Duration::from_millis(5));
+        sum_inflight += fwd.handle.status().classes[0].in_flight_records;
+        samples += 1;
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = self_cpu() - cpu0;
     let csw = self_csw() - csw0;
+    let threads1 = thread_stats();
     fwd.stop(&rt);
+    let mean_inflight = sum_inflight as f64 / samples.max(1) as f64;
+    let rate = n as f64 / secs;
     println!(
-        "ferry only: {n} records in {secs:.2} s = {:.0} msg/s, CPU {cpu:.2} s = {:.2} µs/record, {:.0} context switches per 1000 records",
-        n as f64 / secs,
+        "ferry only: {n} records in {secs:.2} s = {rate:.0} msg/s, CPU {cpu:.2} s = {:.2} µs/record, {:.0} context switches per 1000 records; in flight mean {mean_inflight:.0} records => {:.1} ms per record (Little)",
         cpu * 1e6 / n as f64,
-        csw as f64 * 1000.0 / n as f64
+        csw as f64 * 1000.0 / n as f64,
+        mean_inflight / rate * 1e3
     );
+    print_thread_stats("ferry", &threads0, &threads1, n);
     store.close().unwrap();
+}
+
+type ThreadStats = std::collections::HashMap<u32, (String, f64, u64)>;
+
+/// Per thread name: CPU s and context switches between two [`thread_stats`] samples (threads
+/// that ended in between are missing).
+fn print_thread_stats(who: &str, before: &ThreadStats, after: &ThreadStats, n: u64) {
+    let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    for (tid, (name, c1, s1)) in after {
+        let (c0, s0) = before.get(tid).map_or((0.0, 0), |(_, c, s)| (*c, *s));
+        let e = by_name.entry(name.clone()).or_default();
+        e.0 += c1 - c0;
+        e.1 += s1 - s0;
+    }
+    for (name, (c, s)) in by_name {
+        if c > 0.01 || s > 100 {
+            eprintln!(
+                "  {who} thread {name:<16} CPU {c:.2} s = {:.2} µs/record, {:.1} context switches / 1000 records",
+                c * 1e6 / n as f64,
+                s as f64 * 1000.0 / n as f64
+            );
+        }
+    }
+}
+
+/// tid -> (name, CPU s, context switches) of every live thread of this process.
+fn thread_stats() -> ThreadStats {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let base = e.path();
+        let name = std::fs::read_to_string(base.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let stat = std::fs::read_to_string(base.join("stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let status = std::fs::read_to_string(base.join("status")).unwrap_or_default();
+        let csw: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out.insert(tid, (name, ticks / 100.0, csw));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
