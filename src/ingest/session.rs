@@ -543,12 +543,15 @@ struct TopicMemo {
 }
 
 impl TopicMemo {
-    fn get(&self, classifier: &Arc<Classifier>, topic: &str) -> Option<(ClassId, bool)> {
-        if !self
-            .classifier
+    /// Whether the entries were made with `classifier` (the one in force now).
+    fn is_for(&self, classifier: &Arc<Classifier>) -> bool {
+        self.classifier
             .as_ref()
             .is_some_and(|c| Arc::ptr_eq(c, classifier))
-        {
+    }
+
+    fn get(&self, classifier: &Arc<Classifier>, topic: &str) -> Option<(ClassId, bool)> {
+        if !self.is_for(classifier) {
             return None;
         }
         self.entries
@@ -558,11 +561,7 @@ impl TopicMemo {
     }
 
     fn put(&mut self, classifier: &Arc<Classifier>, topic: &str, known: (ClassId, bool)) {
-        if !self
-            .classifier
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, classifier))
-        {
+        if !self.is_for(classifier) {
             self.classifier = Some(classifier.clone());
             self.entries.clear();
             self.next = 0;

@@ -549,9 +549,7 @@ impl Shared {
         if let Some(q) = batch.items.first_mut() {
             q.done = Some(Done::One(Some(tx)));
         }
-        let items = std::mem::take(&mut batch.items);
-        let buf = Bytes::from(std::mem::take(&mut batch.buf));
-        self.send(Cmd::Batch { items, buf })?;
+        self.send_batch(&mut batch)?;
         Ok(CommitTicket(rx))
     }
 
@@ -571,8 +569,7 @@ impl Shared {
             remaining: len,
             tx: Some(tx),
         }));
-        let mut items = std::mem::take(&mut batch.items);
-        for (index, q) in items.iter_mut().enumerate() {
+        for (index, q) in batch.items.iter_mut().enumerate() {
             q.done = Some(Done::Slot {
                 batch: state.clone(),
                 index,
@@ -580,13 +577,22 @@ impl Shared {
             });
         }
         drop(state);
-        let buf = Bytes::from(std::mem::take(&mut batch.buf));
-        // The next batch of this caller is likely as large: no regrowing from empty.
-        batch.buf = Vec::with_capacity(buf.len());
         // On a send error the items (and their slots) are dropped: the ticket resolves to
         // `Closed` for every append.
-        self.send(Cmd::Batch { items, buf })?;
+        let len = self.send_batch(batch)?;
+        // The next batch of this caller is likely as large: no regrowing from empty.
+        batch.buf = Vec::with_capacity(len);
         Ok(ticket)
+    }
+
+    /// Hands the appends of `batch` (their `done` set) to the writer and empties `batch`;
+    /// returns the encoded bytes sent.
+    fn send_batch(&self, batch: &mut AppendBatch) -> Result<usize> {
+        let items = std::mem::take(&mut batch.items);
+        let buf = Bytes::from(std::mem::take(&mut batch.buf));
+        let len = buf.len();
+        self.send(Cmd::Batch { items, buf })?;
+        Ok(len)
     }
 
     pub fn append_to(
