@@ -1036,11 +1036,12 @@ fn part_rss_build(args: &Args) {
     let st = store.stats().remove(0);
     store.close().unwrap();
     println!(
-        "\nBacklog: {} records of {} KiB JSON: {:.2} GB logical, {:.2} GB on disk (store zstd level 3), {} segments, built in {secs:.0} s ({:.0} MB/s).",
+        "\nBacklog: {} records of {} KiB JSON: {:.2} GB logical, {:.2} GB on disk (store zstd level {}), {} segments, built in {secs:.0} s ({:.0} MB/s).",
         fmt_int(st.records),
         BIG_PAYLOAD >> 10,
         st.logical_bytes as f64 / 1e9,
         st.disk_bytes as f64 / 1e9,
+        StoreOptions::new(&dir, vec![]).compression_level,
         st.segments,
         st.logical_bytes as f64 / 1e6 / secs
     );

@@ -3,7 +3,12 @@
 //! throughput with RSS, and open (recovery) time of a 1 GB store.
 //!
 //! Run: `cargo bench --bench store` (env: FERRY_BENCH_DIR=/path/on/the/disk/to/test,
-//! FERRY_BENCH_MESSAGES=2000000, FERRY_BENCH_OPEN_GB=1). Prints a Markdown table.
+//! FERRY_BENCH_MESSAGES=2000000, FERRY_BENCH_OPEN_GB=1, FERRY_BENCH_LEVEL=<zstd level; default:
+//! the shipped one>). Prints a Markdown table. Diagnostics: FERRY_BENCH_BREAKDOWN=1 prints where
+//! a group's time goes (raw: write / fdatasync; store: building + submit / waiting for the
+//! ticket / the writer's fdatasync); FERRY_BENCH_ONLY=submit runs only raw and the
+//! one-submit-per-group store, alternating three times (for profiling); FERRY_BENCH_ONLY=open
+//! builds the open-time store once and opens it cold three times.
 
 #[path = "common/telemetry.rs"]
 mod telemetry_data;
@@ -36,16 +41,18 @@ fn class(name: &str) -> ClassOptions {
     }
 }
 
+/// The store as `config/ferry.toml` ships it (`commit.max_delay = "0ms"`: the writer commits
+/// whatever is queued at once; `max_batch = "1MiB"`), with the given zstd level.
 fn opts(dir: &Path, level: i32) -> StoreOptions {
     let mut o = StoreOptions::new(dir, vec![class("telemetry")]);
     o.compression_level = level;
-    o.commit_max_delay = Duration::from_millis(5);
+    o.commit_max_delay = Duration::ZERO;
     o.commit_max_bytes = 1 << 20;
     o
 }
 
 /// How a run hands its groups of BATCH records to the store.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
     /// One `append` per record; the writer sees them one by one (with `commit_max_delay` 5 ms
     /// to gather them). The group's tickets are awaited before the next group.
@@ -60,8 +67,16 @@ enum Mode {
 
 /// Appends `n` records in groups of BATCH; returns (seconds, io stats, class stats).
 fn append_run(dir: &Path, level: i32, n: u64, mode: Mode) -> (f64, IoStats, ClassStats) {
-    let (store, _) = Store::open(opts(dir, level)).unwrap();
+    let mut o = opts(dir, level);
+    if mode == Mode::Single {
+        // One append() per record only forms groups if the writer waits for them.
+        o.commit_max_delay = Duration::from_millis(5);
+    }
+    let (store, _) = Store::open(o).unwrap();
     let t0 = Instant::now();
+    // Where the appender's time goes: building + encoding its groups vs waiting for tickets.
+    let mut building = Duration::ZERO;
+    let mut submitting = Duration::ZERO;
     let mut i = 0;
     let mut batch = AppendBatch::default();
     // Pipelined: the previous group's ticket, awaited after the next group was submitted.
@@ -81,11 +96,15 @@ fn append_run(dir: &Path, level: i32, n: u64, mode: Mode) -> (f64, IoStats, Clas
                 t.wait().unwrap();
             }
         } else {
+            let b0 = Instant::now();
             for k in 0..BATCH as u64 {
                 let rec = telemetry(i + k);
                 store.append_to(&mut batch, 0, rec.as_ref()).unwrap();
             }
+            let s0 = Instant::now();
             let ticket = store.submit(&mut batch).unwrap();
+            submitting += s0.elapsed();
+            building += b0.elapsed();
             if mode == Mode::Pipelined {
                 if let Some(t) = previous.replace(ticket) {
                     check(t.wait());
@@ -102,6 +121,20 @@ fn append_run(dir: &Path, level: i32, n: u64, mode: Mode) -> (f64, IoStats, Clas
     let secs = t0.elapsed().as_secs_f64();
     let io = store.io_stats();
     let st = store.stats().remove(0);
+    if std::env::var_os("FERRY_BENCH_BREAKDOWN").is_some() && mode != Mode::Single {
+        let groups = (n / BATCH as u64).max(1) as f64;
+        let per = |s: f64| s / groups * 1e6;
+        eprintln!(
+            "breakdown (zstd {level}, {:?}): per group {:.0} µs = building+submit {:.0} µs (submit {:.0}) + waiting {:.0} µs; writer fdatasync {:.0} µs per commit ({} commits)",
+            mode,
+            per(secs),
+            per(building.as_secs_f64()),
+            per(submitting.as_secs_f64()),
+            per(secs - building.as_secs_f64()),
+            io.fsync_seconds_sum / io.fsyncs.max(1) as f64 * 1e6,
+            io.commits
+        );
+    }
     store.close().unwrap();
     (secs, io, st)
 }
@@ -116,6 +149,8 @@ fn raw_run(dir: &Path, n: u64) -> f64 {
         .open(&path)
         .unwrap();
     let mut buf = Vec::with_capacity(BATCH * 256);
+    let mut syncing = Duration::ZERO;
+    let mut writing = Duration::ZERO;
     let t0 = Instant::now();
     let mut i = 0;
     while i < n {
@@ -126,11 +161,73 @@ fn raw_run(dir: &Path, n: u64) -> f64 {
             buf.extend_from_slice(r.client_id.as_bytes());
             buf.extend_from_slice(&r.payload);
         }
+        let w0 = Instant::now();
         f.write_all(&buf).unwrap();
+        writing += w0.elapsed();
+        let s0 = Instant::now();
         f.sync_data().unwrap();
+        syncing += s0.elapsed();
         i += BATCH as u64;
     }
     let secs = t0.elapsed().as_secs_f64();
+    if std::env::var_os("FERRY_BENCH_BREAKDOWN").is_some() {
+        let groups = (n / BATCH as u64).max(1) as f64;
+        eprintln!(
+            "breakdown (raw): per group {:.0} µs, of which write {:.0} µs, fdatasync {:.0} µs",
+            secs / groups * 1e6,
+            writing.as_secs_f64() / groups * 1e6,
+            syncing.as_secs_f64() / groups * 1e6
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    secs
+}
+
+/// Raw with the overlap of `Mode::Pipelined`: a second thread writes and fdatasyncs group k
+/// while this one builds group k+1 (two groups in flight at most), same bytes, no framing, no
+/// compression. The baseline for the pipelined store run.
+fn raw_pipelined_run(dir: &Path, n: u64) -> f64 {
+    let path = dir.join("raw-pipelined.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let t0 = Instant::now();
+    let syncer = std::thread::spawn(move || {
+        for buf in rx {
+            f.write_all(&buf).unwrap();
+            f.sync_data().unwrap();
+            done_tx.send(()).unwrap();
+        }
+    });
+    let mut i = 0;
+    let mut in_flight = 0;
+    while i < n {
+        let mut buf = Vec::with_capacity(BATCH * 256);
+        for k in 0..BATCH as u64 {
+            let r = telemetry(i + k);
+            buf.extend_from_slice(r.topic.as_bytes());
+            buf.extend_from_slice(r.client_id.as_bytes());
+            buf.extend_from_slice(&r.payload);
+        }
+        tx.send(buf).unwrap();
+        in_flight += 1;
+        if in_flight == 2 {
+            done_rx.recv().unwrap();
+            in_flight -= 1;
+        }
+        i += BATCH as u64;
+    }
+    drop(tx);
+    for _ in 0..in_flight {
+        done_rx.recv().unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    syncer.join().unwrap();
     std::fs::remove_file(&path).unwrap();
     secs
 }
@@ -198,21 +295,71 @@ fn main() {
         base.display()
     );
 
+    // The shipped zstd level unless FERRY_BENCH_LEVEL says otherwise.
+    let level: i32 = std::env::var("FERRY_BENCH_LEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(StoreOptions::new(&base, vec![]).compression_level);
+    // FERRY_BENCH_ONLY=open: build the FERRY_BENCH_OPEN_GB store once, then three cold opens.
+    if std::env::var("FERRY_BENCH_ONLY").as_deref() == Ok("open") {
+        let big = work.path().join("big");
+        let per = telemetry(0).logical_size() as u64 + 6;
+        let big_n = ((open_gb * 1e9) as u64 / per) / BATCH as u64 * BATCH as u64;
+        append_run(&big, 0, big_n, Mode::Submit);
+        for round in 0..3 {
+            if std::fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
+                println!("cannot drop the page cache (needs root): opens are warm");
+            }
+            let t0 = Instant::now();
+            let (store, _) = Store::open(opts(&big, 0)).unwrap();
+            let s = t0.elapsed().as_secs_f64();
+            store.close().unwrap();
+            println!("open {round}: {s:.3} s");
+        }
+        return;
+    }
+    // FERRY_BENCH_ONLY=submit: only raw / store (zstd, one submit per group) alternating, for
+    // profiling and the FERRY_BENCH_BREAKDOWN lines.
+    if std::env::var("FERRY_BENCH_ONLY").as_deref() == Ok("submit") {
+        for round in 0..3 {
+            let raw = raw_run(work.path(), n);
+            let d = work.path().join(format!("only{round}"));
+            let (s, _, st) = append_run(&d, level, n, Mode::Submit);
+            eprintln!(
+                "level {level}: disk/logical {:.3}",
+                st.disk_bytes as f64 / st.logical_bytes as f64
+            );
+            println!(
+                "raw {:.0} msg/s, store submit {:.0} msg/s, ratio {:.2}",
+                n as f64 / raw,
+                n as f64 / s,
+                raw / s
+            );
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+        return;
+    }
     // Interleave raw and store runs so disk noise hits both alike.
     let raw1 = raw_run(work.path(), n);
     let zdir = work.path().join("zstd");
-    let (zs, zio, zst) = append_run(&zdir, 3, n, Mode::Submit);
+    let (zs, zio, zst) = append_run(&zdir, level, n, Mode::Submit);
     let raw2 = raw_run(work.path(), n);
     let rdir = work.path().join("raw");
     let (rs, rio, _) = append_run(&rdir, 0, n, Mode::Submit);
     let raw3 = raw_run(work.path(), n);
     let sdir = work.path().join("single");
-    let (ss, sio, _) = append_run(&sdir, 3, n, Mode::Single);
+    let (ss, sio, _) = append_run(&sdir, level, n, Mode::Single);
     let raw4 = raw_run(work.path(), n);
+    let rawp1 = raw_pipelined_run(work.path(), n);
     let pdir = work.path().join("pipelined");
-    let (ps, pio, _) = append_run(&pdir, 3, n, Mode::Pipelined);
+    let (ps, pio, _) = append_run(&pdir, level, n, Mode::Pipelined);
+    let rawp2 = raw_pipelined_run(work.path(), n);
     let raw5 = raw_run(work.path(), n);
-    let raw = (raw1 + raw2 + raw3 + raw4 + raw5) / 5.0;
+    // The previous default level, for comparison with the shipped one.
+    let l3dir = work.path().join("level3");
+    let (l3s, _, l3st) = append_run(&l3dir, 3, n, Mode::Submit);
+    let raw6 = raw_run(work.path(), n);
+    let raw = (raw1 + raw2 + raw3 + raw4 + raw5 + raw6) / 6.0;
     // The virtual disk's fdatasync latency drifts within a run, so each store run is also
     // compared with the raw runs just before and after it.
     let near = |before: f64, after: f64| (before + after) / 2.0;
@@ -224,7 +371,7 @@ fn main() {
         })
         .sum();
 
-    let (read_s, read_n, rss0, rss_peak) = read_run(&zdir, 3);
+    let (read_s, read_n, rss0, rss_peak) = read_run(&zdir, level);
     assert_eq!(read_n, n);
 
     println!();
@@ -236,7 +383,7 @@ fn main() {
         msg_bytes as f64 / raw / 1e6
     );
     println!(
-        "| store append, zstd level 3, one submit per group | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}) |",
+        "| store append, zstd level {level}, one submit per group | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}) |",
         n as f64 / zs,
         raw / zs,
         near(raw1, raw2) / zs
@@ -248,7 +395,7 @@ fn main() {
         near(raw2, raw3) / rs
     );
     println!(
-        "| store append, zstd level 3, one append() per record | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}; {} commits, {:.0} records per commit) |",
+        "| store append, zstd level {level}, one append() per record | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}; {} commits, {:.0} records per commit) |",
         n as f64 / ss,
         raw / ss,
         near(raw3, raw4) / ss,
@@ -256,7 +403,7 @@ fn main() {
         sio.batch_records_sum as f64 / sio.commits.max(1) as f64
     );
     println!(
-        "| store append, zstd level 3, one submit per group, next group built during the commit | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}; {} commits, {:.0} records per commit, mean fsync {:.2} ms) |",
+        "| store append, zstd level {level}, one submit per group, next group built during the commit | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}; {} commits, {:.0} records per commit, mean fsync {:.2} ms) |",
         n as f64 / ps,
         raw / ps,
         near(raw4, raw5) / ps,
@@ -265,22 +412,38 @@ fn main() {
         fsync_ms(&pio)
     );
     println!(
+        "| raw write+fdatasync, pipelined (a second thread writes and syncs group k while group k+1 is built) | {:.0} / {:.0} msg/s (before / after the pipelined store run) |",
+        n as f64 / rawp1,
+        n as f64 / rawp2
+    );
+    println!(
+        "| store append, zstd level {level}, pipelined, vs the pipelined raw runs beside it | ratio {:.2} |",
+        near(rawp1, rawp2) / ps
+    );
+    println!(
+        "| store append, zstd level 3, one submit per group | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}); bytes on disk / logical byte {:.3} |",
+        n as f64 / l3s,
+        raw / l3s,
+        near(raw5, raw6) / l3s,
+        l3st.disk_bytes as f64 / l3st.logical_bytes as f64
+    );
+    println!(
         "| raw runs (msg/s each, interleaved with the store runs) | {} |",
-        [raw1, raw2, raw3, raw4, raw5]
+        [raw1, raw2, raw3, raw4, raw5, raw6]
             .iter()
             .map(|r| format!("{:.0}", n as f64 / r))
             .collect::<Vec<_>>()
             .join(" / ")
     );
     println!(
-        "| commits / fsyncs (zstd run) | {} / {} (mean fsync {:.2} ms, {:.0} records per commit) |",
+        "| commits / fsyncs (zstd {level} run) | {} / {} (mean fsync {:.2} ms, {:.0} records per commit) |",
         zio.commits,
         zio.fsyncs,
         fsync_ms(&zio),
         zio.batch_records_sum as f64 / zio.commits.max(1) as f64
     );
     println!(
-        "| bytes on disk / logical byte (zstd) | {:.3} ({} / {}) |",
+        "| bytes on disk / logical byte (zstd {level}) | {:.3} ({} / {}) |",
         zst.disk_bytes as f64 / zst.logical_bytes as f64,
         zst.disk_bytes,
         zst.logical_bytes

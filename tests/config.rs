@@ -104,7 +104,7 @@ fn store_options_follow_the_config() {
     assert_eq!(o.segment_bytes, 64 << 20);
     assert_eq!(o.commit_max_delay, Duration::ZERO);
     assert_eq!(o.commit_max_bytes, 1 << 20);
-    assert_eq!(o.compression_level, 3);
+    assert_eq!(o.compression_level, 1);
     assert_eq!(o.compress_min_bytes, 512);
     assert_eq!(o.min_free_bytes, 256 << 20);
     assert!(!o.read_only);

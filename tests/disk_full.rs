@@ -121,7 +121,7 @@ fn write_config(dir: &Path, data: &Path, bootstrap: &str, mqtt: u16, metrics: u1
                 format!("min_free = \"{}MiB\"", MIN_FREE >> 20),
             ),
             // Uncompressed, so the payload bytes are the disk bytes.
-            ("compression_level = 3", "compression_level = 0".into()),
+            ("compression_level = 1", "compression_level = 0".into()),
             // Reconnect to the broker quickly once it is back.
             ("backoff_max = \"60s\"", "backoff_max = \"1s\"".into()),
         ],

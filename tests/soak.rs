@@ -63,7 +63,7 @@ fn write_config(dir: &Path, bootstrap: &str, mqtt: u16, metrics: u16) -> PathBuf
                 "segment_size = \"64MiB\"",
                 "segment_size = \"64KiB\"".into(),
             ),
-            ("compression_level = 3", "compression_level = 0".into()),
+            ("compression_level = 1", "compression_level = 0".into()),
             // Throttled so a backlog builds and is drained across restarts.
             ("rate = \"unlimited\"", "rate = \"256KiB/s\"".into()),
             // Reconnect to the broker quickly after each restart.

@@ -205,7 +205,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("/var/lib/ferry"),
             segment_size: ByteSize::mib(64),
-            compression_level: 3,
+            compression_level: 1,
             compress_min: ByteSize::b(512),
             min_free: ByteSize::mib(256),
             commit: CommitConfig::default(),

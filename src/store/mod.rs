@@ -110,7 +110,7 @@ impl StoreOptions {
             segment_bytes: 64 << 20,
             commit_max_delay: Duration::ZERO,
             commit_max_bytes: 1 << 20,
-            compression_level: 3,
+            compression_level: 1,
             compress_min_bytes: 512,
             min_free_bytes: 0,
             read_only: false,

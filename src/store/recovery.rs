@@ -108,10 +108,12 @@ pub(crate) struct RecoveredClass {
 }
 
 /// How many segments recovery reads at once. Reading is what a cold open waits for (every
-/// frame's CRC is checked), and on the project's virtual disk two streams read a 1 GB store in
-/// 0.54 s where one took 0.97 s (`dd`, page cache dropped; BENCHMARKS.md, store). Each reader
-/// holds a 1 MiB buffer, and a damaged segment while it is searched (≤ the segment size).
-const RECOVERY_READERS: usize = 2;
+/// frame's CRC is checked), and on the project's virtual disk several streams read faster than
+/// one: `dd` read a 1 GB store in 0.54 s as two streams where one took 0.97 s, and a cold open
+/// (with sequential readahead) took 0.71-0.81 s with two readers, 0.64-0.72 s with three
+/// (BENCHMARKS.md, store). Each reader holds a 1 MiB buffer, and a damaged segment while it is
+/// searched (≤ the segment size).
+const RECOVERY_READERS: usize = 3;
 
 /// Segments checked by recoveries in this process so far (for start-up progress reports).
 static SEGMENTS_CHECKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -79,12 +79,28 @@ pub(crate) struct Scan {
 /// file name, used when the header itself is damaged. Reads sequentially through a buffer; only
 /// after damage is the rest of the file read into memory (bounded by the segment size) to look
 /// for the next valid frame.
+/// Tells the kernel `file` is read front to back (a larger readahead window). A cold open of a
+/// 1 GB store on the project's virtual disk went from 0.97-1.35 s to 0.71-0.81 s with it
+/// (BENCHMARKS.md, store). Advice only: an error changes nothing but speed.
+fn advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads the descriptor number, which `file` keeps open.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    if rc != 0 {
+        tracing::debug!(
+            errno = rc,
+            "posix_fadvise(SEQUENTIAL) failed; reading without it"
+        );
+    }
+}
+
 pub(crate) fn scan(path: &Path, name_seq: u64) -> Result<Scan> {
     let file = File::open(path).map_err(|e| StoreError::io("open segment", path, e))?;
     let file_len = file
         .metadata()
         .map_err(|e| StoreError::io("stat segment", path, e))?
         .len();
+    advise_sequential(&file);
     let mut rd = BufReader::with_capacity(1 << 20, file);
     let mut hb = [0u8; SEGMENT_HEADER_LEN];
     let mut bad_header = false;
