@@ -497,6 +497,7 @@ impl Shared {
                 rx,
                 cctx: None,
                 body: Vec::new(),
+                zbody: Vec::new(),
                 frame: Vec::new(),
                 last_retention: Instant::now(),
             };
@@ -861,6 +862,8 @@ struct Writer {
     rx: mpsc::Receiver<Cmd>,
     cctx: Option<zstd::bulk::Compressor<'static>>,
     body: Vec<u8>,
+    /// The compressed body, reused from commit to commit.
+    zbody: Vec<u8>,
     frame: Vec<u8>,
     last_retention: Instant,
 }
@@ -1181,7 +1184,10 @@ impl Writer {
                 self.cctx = zstd::bulk::Compressor::new(level).ok();
             }
             if let Some(cctx) = self.cctx.as_mut() {
-                if let Ok(z) = cctx.compress(&self.body) {
+                self.zbody.clear();
+                self.zbody.reserve(zstd::zstd_safe::compress_bound(raw_len));
+                if cctx.compress_to_buffer(&self.body, &mut self.zbody).is_ok() {
+                    let z = &self.zbody;
                     if z.len() < raw_len {
                         encode_frame(
                             &mut self.frame,
@@ -1191,7 +1197,7 @@ impl Writer {
                             raw_len as u32,
                             logical_start,
                             max_ts,
-                            &z,
+                            z,
                         );
                         compressed = true;
                     }
