@@ -336,10 +336,58 @@ impl ReportQueue {
     }
 }
 
-/// The tag that travels with each message through librdkafka.
-pub struct Tag {
-    class: ClassId,
-    seq: u64,
+/// Class id bits in a packed message tag (see [`Tags`]).
+const TAG_CLASS_BITS: u32 = 7;
+
+/// The tag that travels with each message through librdkafka: its class and sequence.
+///
+/// Packed into librdkafka's per-message opaque word when both fit (`seq << 8 | class << 1 |
+/// 1`: on a 64-bit target every class id below 128 and sequence below 2^56), so sending
+/// allocates nothing and the delivery report reads nothing back from memory: a boxed tag
+/// was written by the sender and read by the poll thread ~10,000 records later, a cache
+/// miss that was most of ferry's delivery callback (BENCHMARKS.md). A tag that does not fit
+/// (a 32-bit target past 2^24 records, or a class id of 128 or more) is kept in a side
+/// table under a ticket number, passed as `ticket << 1` (low bit 0).
+#[derive(Default)]
+struct Tags {
+    spilled: parking_lot::Mutex<SpilledTags>,
+}
+
+#[derive(Default)]
+struct SpilledTags {
+    next: usize,
+    tags: std::collections::HashMap<usize, (ClassId, u64)>,
+}
+
+impl Tags {
+    fn tag(&self, class: ClassId, seq: u64) -> usize {
+        let seq_bits = usize::BITS - 1 - TAG_CLASS_BITS;
+        if class < (1 << TAG_CLASS_BITS) && seq < (1u64 << seq_bits) {
+            // Fits: seq < 2^seq_bits <= usize::MAX.
+            return ((seq as usize) << (TAG_CLASS_BITS + 1)) | (class << 1) | 1;
+        }
+        let mut sp = self.spilled.lock();
+        // Tickets wrap around usize >> 1; skip any still in flight.
+        loop {
+            let ticket = sp.next;
+            sp.next = (sp.next + 1) & (usize::MAX >> 1);
+            if let std::collections::hash_map::Entry::Vacant(e) = sp.tags.entry(ticket) {
+                e.insert((class, seq));
+                return ticket << 1;
+            }
+        }
+    }
+
+    /// The class and sequence of `opaque` (each tag is read back once: a spilled one is
+    /// removed from the table).
+    fn untag(&self, opaque: usize) -> Option<(ClassId, u64)> {
+        if opaque & 1 == 1 {
+            let class = (opaque >> 1) & ((1 << TAG_CLASS_BITS) - 1);
+            Some((class, (opaque >> (TAG_CLASS_BITS + 1)) as u64))
+        } else {
+            self.spilled.lock().tags.remove(&(opaque >> 1))
+        }
+    }
 }
 
 /// The producer context: hands reports to the forwarder's [`ReportQueue`].
@@ -358,6 +406,7 @@ pub struct FerryContext {
     /// Reports and errors served so far (the poll loop tells from it whether a poll found
     /// an event).
     served: AtomicU64,
+    tags: Tags,
 }
 
 impl FerryContext {
@@ -463,9 +512,18 @@ impl ClientContext for FerryContext {
 }
 
 impl ProducerContext for FerryContext {
-    type DeliveryOpaque = Box<Tag>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        let Some((class, seq)) = self.tags.untag(tag) else {
+            // Cannot happen (every tag is made by `send_parts` and reported once). If it did,
+            // the record stays in flight and the stall watchdog re-sends it: never lost.
+            tracing::warn!(
+                tag,
+                "delivery report with an unknown message tag ignored; the record is re-sent"
+            );
+            return;
+        };
         let result = match result {
             Ok(m) => Ok(Delivered {
                 partition: m.partition(),
@@ -475,8 +533,8 @@ impl ProducerContext for FerryContext {
         };
         self.report(ProducerEvent::Delivery {
             generation: self.generation,
-            class: tag.class,
-            seq: tag.seq,
+            class,
+            seq,
             result,
         });
     }
@@ -552,6 +610,7 @@ impl KafkaProducer {
                 direct: AtomicBool::new(true),
                 reported: AtomicBool::new(false),
                 served: AtomicU64::new(0),
+                tags: Tags::default(),
             })
             .map_err(|e| create(mask_config_error(e)))?;
         let inner = Arc::new(inner);
@@ -611,14 +670,19 @@ impl KafkaProducer {
         rec: &OutRecord<'_>,
         headers: OwnedHeaders,
     ) -> Result<(), KafkaError> {
-        let mut br = BaseRecord::with_opaque_to(rec.topic, Box::new(Tag { class, seq }))
+        let tags = &self.inner.context().tags;
+        let mut br = BaseRecord::with_opaque_to(rec.topic, tags.tag(class, seq))
             .payload(rec.payload)
             .timestamp(rec.timestamp_ms)
             .headers(headers);
         if let Some(k) = rec.key {
             br = br.key(k);
         }
-        self.inner.send(br).map_err(|(e, _)| e)
+        self.inner.send(br).map_err(|(e, br)| {
+            // Refused now: no report will follow, so the tag is not read back later.
+            tags.untag(br.delivery_opaque);
+            e
+        })
     }
 
     /// The producer's fatal error, if it entered the fatal state (idempotence violated).
@@ -665,6 +729,31 @@ mod tests {
             classify_code(C::NotEnoughReplicas, false),
             Disposition::Retriable
         );
+    }
+
+    #[test]
+    fn message_tags_round_trip_packed_and_spilled() {
+        let tags = Tags::default();
+        let cases = [
+            (0usize, 0u64),
+            (0, 1),
+            (127, 1),
+            (3, 1 << 40),
+            (127, (1u64 << (usize::BITS - 1 - TAG_CLASS_BITS)) - 1),
+            // Do not fit: kept in the side table.
+            (128, 5),
+            (1000, 7),
+            (2, u64::MAX),
+            (2, 1u64 << (usize::BITS - 1 - TAG_CLASS_BITS)),
+        ];
+        let packed: Vec<usize> = cases.iter().map(|&(c, s)| tags.tag(c, s)).collect();
+        assert_eq!(tags.spilled.lock().tags.len(), 4);
+        for (&(c, s), &t) in cases.iter().zip(&packed) {
+            assert_eq!(tags.untag(t), Some((c, s)), "class {c} seq {s} tag {t:#x}");
+        }
+        // Spilled tags are read back once and then gone.
+        assert!(tags.spilled.lock().tags.is_empty());
+        assert_eq!(tags.untag(packed[5]), None);
     }
 
     #[test]
