@@ -1,19 +1,23 @@
 //! The Kafka producer: construction, delivery reports, and what each error means for ferry.
 //!
-//! ## Why `ThreadedProducer` and a report queue, not `FutureProducer`
+//! ## Why a producer with its own poll thread and a report queue, not `FutureProducer`
 //! The forwarder needs every delivery report, in the order librdkafka produces them, on one
-//! task that owns the per-class in-flight tables. A `ThreadedProducer` whose context appends
-//! each report (tagged with class, sequence and producer generation) to a shared
-//! [`ReportQueue`] does exactly that: no future or oneshot per message, no ordering question
-//! between futures, and the poll thread keeps serving callbacks (including the client error
-//! callback that tells us the link is down) even while the forwarder sleeps in a closed window.
+//! task that owns the per-class in-flight tables. A `BaseProducer` whose poll thread
+//! ([`poll_loop`]) hands each report (tagged with class, sequence and producer generation) to
+//! a shared [`ReportQueue`] does exactly that: no future or oneshot per message, no ordering
+//! question between futures, and the poll thread keeps serving callbacks (including the client
+//! error callback that tells us the link is down) even while the forwarder sleeps in a closed
+//! window.
 //!
-//! The queue is a vector under a mutex plus a [`Notify`]: only the report that finds the
-//! vector empty wakes the forwarder, which then takes the whole vector at once. librdkafka
-//! hands reports over a produce response at a time (hundreds to thousands of records), so the
-//! forwarder wakes about once per response instead of once per record (a channel message per
-//! record cost ~40 % of the forwarder's time in scheduler paths, BENCHMARKS.md). The queue is
-//! unbounded but cannot grow past the forwarder's in-flight limit: one report per record sent.
+//! The queue is a vector under a mutex plus a [`Notify`]. While reports flow, the poll thread
+//! collects them for one short round (1 ms) and moves the round's reports into the queue at
+//! once; only a hand-over that finds the queue empty wakes the forwarder, which then takes the
+//! whole vector. So the forwarder wakes at most about once per round (a channel message per
+//! record cost ~40 % of the forwarder's time in scheduler paths, and a wake-up whenever a
+//! single report found the queue empty still meant a wake-up every few dozen records,
+//! BENCHMARKS.md). When no report came for a while the poll thread hands each report over at
+//! once, so the first one after a quiet spell is not held back. The queue is unbounded but
+//! cannot grow past the forwarder's in-flight limit: one report per record sent.
 //!
 //! ## Producer settings ferry insists on
 //! `enable.idempotence=true` and `acks=all` (no duplicates or reordering from librdkafka's own
@@ -34,8 +38,9 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -300,6 +305,20 @@ impl ReportQueue {
         }
     }
 
+    /// Moves every report of `from` (in order) to the queue, with at most one wake-up.
+    /// `from` keeps its capacity.
+    fn push_all(&self, from: &mut Vec<ProducerEvent>) {
+        let was_empty = {
+            let mut q = self.queue.lock();
+            let was_empty = q.is_empty();
+            q.append(from);
+            was_empty
+        };
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
     /// Moves every queued report into `into` (appended, in arrival order). Swaps buffers when
     /// `into` is empty, so the steady state allocates nothing.
     pub fn take(&self, into: &mut Vec<ProducerEvent>) {
@@ -317,16 +336,154 @@ impl ReportQueue {
     }
 }
 
-/// The tag that travels with each message through librdkafka.
-pub struct Tag {
-    class: ClassId,
-    seq: u64,
+/// Class id bits in a packed message tag (see [`Tags`]).
+const TAG_CLASS_BITS: u32 = 7;
+
+/// The tag that travels with each message through librdkafka: its class and sequence.
+///
+/// Packed into librdkafka's per-message opaque word when both fit (`seq << 8 | class << 1 |
+/// 1`: on a 64-bit target every class id below 128 and sequence below 2^56), so sending
+/// allocates nothing and the delivery report reads nothing back from memory: a boxed tag
+/// was written by the sender and read by the poll thread ~10,000 records later, a cache
+/// miss that was most of ferry's delivery callback (BENCHMARKS.md). A tag that does not fit
+/// (a 32-bit target past 2^24 records, or a class id of 128 or more) is kept in a side
+/// table under a ticket number, passed as `ticket << 1` (low bit 0).
+#[derive(Default)]
+struct Tags {
+    spilled: parking_lot::Mutex<SpilledTags>,
 }
 
-/// The producer context: appends reports to the forwarder's [`ReportQueue`].
+#[derive(Default)]
+struct SpilledTags {
+    next: usize,
+    tags: std::collections::HashMap<usize, (ClassId, u64)>,
+}
+
+impl Tags {
+    fn tag(&self, class: ClassId, seq: u64) -> usize {
+        let seq_bits = usize::BITS - 1 - TAG_CLASS_BITS;
+        if class < (1 << TAG_CLASS_BITS) && seq < (1u64 << seq_bits) {
+            // Fits: seq < 2^seq_bits <= usize::MAX.
+            return ((seq as usize) << (TAG_CLASS_BITS + 1)) | (class << 1) | 1;
+        }
+        let mut sp = self.spilled.lock();
+        // Tickets wrap around usize >> 1; skip any still in flight.
+        loop {
+            let ticket = sp.next;
+            sp.next = (sp.next + 1) & (usize::MAX >> 1);
+            if let std::collections::hash_map::Entry::Vacant(e) = sp.tags.entry(ticket) {
+                e.insert((class, seq));
+                return ticket << 1;
+            }
+        }
+    }
+
+    /// The class and sequence of `opaque` (each tag is read back once: a spilled one is
+    /// removed from the table).
+    fn untag(&self, opaque: usize) -> Option<(ClassId, u64)> {
+        if opaque & 1 == 1 {
+            let class = (opaque >> 1) & ((1 << TAG_CLASS_BITS) - 1);
+            Some((class, (opaque >> (TAG_CLASS_BITS + 1)) as u64))
+        } else {
+            self.spilled.lock().tags.remove(&(opaque >> 1))
+        }
+    }
+}
+
+/// The producer context: hands reports to the forwarder's [`ReportQueue`].
+///
+/// While reports flow, the poll thread collects them in `local` (touched by that thread only,
+/// so its lock is never contended) and hands each round's reports over at once (see
+/// [`poll_loop`]); while the producer is idle (`direct`), each report goes straight to the
+/// queue, so the first report after a quiet spell is not held back.
 pub struct FerryContext {
     generation: u64,
     events: Arc<ReportQueue>,
+    local: parking_lot::Mutex<Vec<ProducerEvent>>,
+    direct: AtomicBool,
+    /// A report arrived while `direct` (the poll loop switches to collecting).
+    reported: AtomicBool,
+    /// Reports and errors served so far (the poll loop tells from it whether a poll found
+    /// an event).
+    served: AtomicU64,
+    tags: Tags,
+}
+
+impl FerryContext {
+    fn report(&self, ev: ProducerEvent) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if self.direct.load(Ordering::Relaxed) {
+            self.reported.store(true, Ordering::Relaxed);
+            self.events.push(ev);
+        } else {
+            self.local.lock().push(ev);
+        }
+    }
+
+    /// Hands the collected reports to the forwarder; returns how many.
+    fn hand_over(&self) -> usize {
+        let mut local = self.local.lock();
+        let n = local.len();
+        if n > 0 {
+            self.events.push_all(&mut local);
+        }
+        n
+    }
+}
+
+/// How long one poll round collects reports before handing them over while reports flow.
+const POLL_ROUND: Duration = Duration::from_millis(1);
+/// How long a poll waits while the producer is idle; also how quickly a dropped producer's
+/// poll thread notices.
+const POLL_IDLE: Duration = Duration::from_millis(100);
+/// Rounds without a report after which the poll thread goes back to idle (direct) mode.
+const IDLE_AFTER_ROUNDS: u32 = 50;
+
+/// The producer's poll thread: serves librdkafka's events (delivery reports, errors) and,
+/// while reports flow, hands them to the forwarder in rounds of [`POLL_ROUND`]: serve every
+/// event that is ready, hand the round's reports over at once, sleep out the round. So the
+/// forwarder wakes at most about once per round instead of whenever a report happened to
+/// find the queue empty (with both threads busy, every few dozen records). A report waits at
+/// most one round longer; while idle, reports are handed over at once.
+///
+/// (librdkafka's poll with a timeout keeps polling until the timeout has passed and polls
+/// without waiting once less than a millisecond is left, so a round is made of polls that do
+/// not wait plus a sleep, not of one short poll.)
+fn poll_loop(producer: Arc<BaseProducer<FerryContext>>, stop: Arc<AtomicBool>) {
+    let ctx = producer.context();
+    let mut quiet_rounds = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        if ctx.direct.load(Ordering::Relaxed) {
+            producer.poll(POLL_IDLE);
+            if ctx.reported.swap(false, Ordering::Relaxed) {
+                ctx.direct.store(false, Ordering::Relaxed);
+                quiet_rounds = 0;
+            }
+            continue;
+        }
+        let round_end = std::time::Instant::now() + POLL_ROUND;
+        loop {
+            let before = ctx.served.load(Ordering::Relaxed);
+            producer.poll(Duration::ZERO);
+            if ctx.served.load(Ordering::Relaxed) == before {
+                break;
+            }
+        }
+        if ctx.hand_over() > 0 {
+            quiet_rounds = 0;
+        } else {
+            quiet_rounds += 1;
+            if quiet_rounds >= IDLE_AFTER_ROUNDS {
+                ctx.direct.store(true, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let left = round_end.saturating_duration_since(std::time::Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left);
+        }
+    }
+    ctx.hand_over();
 }
 
 impl ClientContext for FerryContext {
@@ -343,18 +500,30 @@ impl ClientContext for FerryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.events.push(ProducerEvent::ClientError {
+        // After the reports collected before it (the forwarder applies them in order), and
+        // at once: a client error changes the link state.
+        self.report(ProducerEvent::ClientError {
             generation: self.generation,
             error,
             reason: reason.to_string(),
         });
+        self.hand_over();
     }
 }
 
 impl ProducerContext for FerryContext {
-    type DeliveryOpaque = Box<Tag>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        let Some((class, seq)) = self.tags.untag(tag) else {
+            // Cannot happen (every tag is made by `send_parts` and reported once). If it did,
+            // the record stays in flight and the stall watchdog re-sends it: never lost.
+            tracing::warn!(
+                tag,
+                "delivery report with an unknown message tag ignored; the record is re-sent"
+            );
+            return;
+        };
         let result = match result {
             Ok(m) => Ok(Delivered {
                 partition: m.partition(),
@@ -362,10 +531,10 @@ impl ProducerContext for FerryContext {
             }),
             Err((e, _)) => Err(e.clone()),
         };
-        self.events.push(ProducerEvent::Delivery {
+        self.report(ProducerEvent::Delivery {
             generation: self.generation,
-            class: tag.class,
-            seq: tag.seq,
+            class,
+            seq,
             result,
         });
     }
@@ -401,10 +570,25 @@ impl HeaderBuilder {
     }
 }
 
-/// One producer instance (one generation).
+/// One producer instance (one generation): a librdkafka producer and its poll thread
+/// ([`poll_loop`]), which stops when the producer is dropped.
 pub struct KafkaProducer {
-    inner: ThreadedProducer<FerryContext>,
+    inner: Arc<BaseProducer<FerryContext>>,
     generation: u64,
+    stop: Arc<AtomicBool>,
+    poller: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KafkaProducer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.poller.take() {
+            if h.join().is_err() {
+                tracing::warn!("the Kafka producer's poll thread panicked");
+            }
+        }
+        // The last `inner` drops here: librdkafka purges what is left and joins its threads.
+    }
 }
 
 impl KafkaProducer {
@@ -413,14 +597,41 @@ impl KafkaProducer {
         generation: u64,
         events: Arc<ReportQueue>,
     ) -> Result<KafkaProducer, KafkaSetupError> {
-        let inner = opts
+        let create = |source| KafkaSetupError::Create {
+            bootstrap: opts.bootstrap_servers.clone(),
+            source,
+        };
+        let inner: BaseProducer<FerryContext> = opts
             .client_config()?
-            .create_with_context(FerryContext { generation, events })
-            .map_err(|source| KafkaSetupError::Create {
-                bootstrap: opts.bootstrap_servers.clone(),
-                source: mask_config_error(source),
-            })?;
-        Ok(KafkaProducer { inner, generation })
+            .create_with_context(FerryContext {
+                generation,
+                events,
+                local: parking_lot::Mutex::new(Vec::new()),
+                direct: AtomicBool::new(true),
+                reported: AtomicBool::new(false),
+                served: AtomicU64::new(0),
+                tags: Tags::default(),
+            })
+            .map_err(|e| create(mask_config_error(e)))?;
+        let inner = Arc::new(inner);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (p, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("ferry-kafka-poll".into())
+                .spawn(move || poll_loop(p, stop))
+                .map_err(|e| {
+                    create(KafkaError::ClientCreation(format!(
+                        "starting the producer's poll thread: {e}"
+                    )))
+                })?
+        };
+        Ok(KafkaProducer {
+            inner,
+            generation,
+            stop,
+            poller: Some(poller),
+        })
     }
 
     pub fn generation(&self) -> u64 {
@@ -459,14 +670,19 @@ impl KafkaProducer {
         rec: &OutRecord<'_>,
         headers: OwnedHeaders,
     ) -> Result<(), KafkaError> {
-        let mut br = BaseRecord::with_opaque_to(rec.topic, Box::new(Tag { class, seq }))
+        let tags = &self.inner.context().tags;
+        let mut br = BaseRecord::with_opaque_to(rec.topic, tags.tag(class, seq))
             .payload(rec.payload)
             .timestamp(rec.timestamp_ms)
             .headers(headers);
         if let Some(k) = rec.key {
             br = br.key(k);
         }
-        self.inner.send(br).map_err(|(e, _)| e)
+        self.inner.send(br).map_err(|(e, br)| {
+            // Refused now: no report will follow, so the tag is not read back later.
+            tags.untag(br.delivery_opaque);
+            e
+        })
     }
 
     /// The producer's fatal error, if it entered the fatal state (idempotence violated).
@@ -513,6 +729,31 @@ mod tests {
             classify_code(C::NotEnoughReplicas, false),
             Disposition::Retriable
         );
+    }
+
+    #[test]
+    fn message_tags_round_trip_packed_and_spilled() {
+        let tags = Tags::default();
+        let cases = [
+            (0usize, 0u64),
+            (0, 1),
+            (127, 1),
+            (3, 1 << 40),
+            (127, (1u64 << (usize::BITS - 1 - TAG_CLASS_BITS)) - 1),
+            // Do not fit: kept in the side table.
+            (128, 5),
+            (1000, 7),
+            (2, u64::MAX),
+            (2, 1u64 << (usize::BITS - 1 - TAG_CLASS_BITS)),
+        ];
+        let packed: Vec<usize> = cases.iter().map(|&(c, s)| tags.tag(c, s)).collect();
+        assert_eq!(tags.spilled.lock().tags.len(), 4);
+        for (&(c, s), &t) in cases.iter().zip(&packed) {
+            assert_eq!(tags.untag(t), Some((c, s)), "class {c} seq {s} tag {t:#x}");
+        }
+        // Spilled tags are read back once and then gone.
+        assert!(tags.spilled.lock().tags.is_empty());
+        assert_eq!(tags.untag(packed[5]), None);
     }
 
     #[test]

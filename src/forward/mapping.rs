@@ -486,9 +486,48 @@ impl Mapper {
         stored: &StoredRecord,
         route: &Route<'_>,
     ) -> Result<usize, MappingError> {
-        let mut headers = 0usize;
-        self.for_each_header(class, stored, |k, v| headers += k.len() + v.len())?;
-        Ok(stored.record.payload.len() + route.key.as_ref().map_or(0, |k| k.len()) + headers)
+        let cm = self
+            .classes
+            .get(class)
+            .ok_or(MappingError::UnknownClass(class))?;
+        Ok(stored.record.payload.len()
+            + route.key.as_ref().map_or(0, |k| k.len())
+            + Self::headers_size(cm, stored))
+    }
+
+    /// The bytes of the headers [`Mapper::for_each_header`] produces for `stored` (names and
+    /// values), counted without formatting them: this runs once per record on the send path
+    /// to size throttle runs, the formatting once more when the record is produced.
+    fn headers_size(cm: &ClassMapping, stored: &StoredRecord) -> usize {
+        const FIXED_NAMES: usize = "mqtt.topic".len()
+            + "mqtt.qos".len()
+            + "mqtt.retain".len()
+            + "mqtt.client_id".len()
+            + "ferry.gateway".len()
+            + "ferry.class".len()
+            + "ferry.seq".len()
+            + "ferry.received_at".len();
+        let rec = &stored.record;
+        let mut n = FIXED_NAMES
+            + rec.topic.len()
+            + decimal_len(u64::from(rec.qos))
+            + if rec.retain { 4 } else { 5 }
+            + rec.client_id.len()
+            + cm.gateway.len()
+            + cm.name.len()
+            + decimal_len(rec.timestamp_ms);
+        let mut origin = None;
+        for (k, v) in &rec.user_properties {
+            n += k.len() + v.len();
+            if origin.is_none() && k == crate::control::transfer::ORIGIN_PROPERTY {
+                origin = Some(v.len());
+            }
+        }
+        n += origin.unwrap_or_else(|| cm.seq_prefix.len() + decimal_len(stored.seq));
+        if let Some(ct) = &rec.content_type {
+            n += "content-type".len() + ct.len();
+        }
+        n
     }
 
     /// The Kafka timestamp of `stored`: its receive time. Receive times beyond i64 ms are not
@@ -515,6 +554,11 @@ impl Mapper {
             payload: stored.record.payload.clone(),
         })
     }
+}
+
+/// Digits of `v` in decimal (what `itoa` writes for it).
+fn decimal_len(v: u64) -> usize {
+    v.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// Kafka's topic name rule: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -567,6 +611,46 @@ mod tests {
             )],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn wire_size_counts_exactly_the_headers_sent() {
+        let m = mapper();
+        let mut cases = Vec::new();
+        for (seq, ts, qos, retain) in [
+            (0u64, 0u64, 0u8, false),
+            (9, 9, 1, true),
+            (10, 1_700_000_000_123, 2, false),
+            (u64::MAX, u64::MAX, 2, true),
+        ] {
+            let mut s = stored("site/l1/temp");
+            s.seq = seq;
+            s.record.timestamp_ms = ts;
+            s.record.qos = qos;
+            s.record.retain = retain;
+            cases.push(s.clone());
+            s.record.content_type = None;
+            s.record.user_properties.clear();
+            cases.push(s.clone());
+            s.record.user_properties = vec![
+                (
+                    crate::control::transfer::ORIGIN_PROPERTY.into(),
+                    "gw0/telemetry/77".into(),
+                ),
+                ("unit".into(), "C".into()),
+            ];
+            cases.push(s);
+        }
+        for s in &cases {
+            let route = m.route(0, s).unwrap();
+            let mut formatted = 0usize;
+            m.for_each_header(0, s, |k, v| formatted += k.len() + v.len())
+                .unwrap();
+            let expected =
+                s.record.payload.len() + route.key.as_ref().map_or(0, |k| k.len()) + formatted;
+            assert_eq!(m.wire_size(0, s, &route).unwrap(), expected, "{s:?}");
+            assert_eq!(m.map(0, s).unwrap().wire_size(), expected, "{s:?}");
+        }
     }
 
     #[test]

@@ -473,6 +473,11 @@ pub struct Forwarder {
     report_buf: Vec<ProducerEvent>,
     /// Reused buffer for the wire sizes of one run of records.
     size_buf: Vec<usize>,
+    /// Reused per-wake-up buffers of [`Forwarder::step`]: pause flags, classes found dry,
+    /// send candidates.
+    paused_buf: Vec<bool>,
+    dry_buf: Vec<bool>,
+    candidates_buf: Vec<Candidate>,
     watchers: Vec<JoinHandle<()>>,
     inflight_bytes: usize,
     link: LinkState,
@@ -643,6 +648,9 @@ impl Forwarder {
             reports,
             report_buf: Vec::new(),
             size_buf: Vec::new(),
+            paused_buf: Vec::new(),
+            dry_buf: Vec::new(),
+            candidates_buf: Vec::new(),
             watchers: Vec::new(),
             inflight_bytes: 0,
             link: LinkState::Connecting,
@@ -1193,12 +1201,15 @@ impl Forwarder {
 
         // Window and manual overrides.
         let window = self.policy.window();
-        let (all_paused, paused, drain) = {
+        let mut paused = std::mem::take(&mut self.paused_buf);
+        let (all_paused, drain) = {
             let mut ctl = self.shared.control.lock();
             if ctl.drain_until.is_some_and(|(t, _)| t <= now) {
                 ctl.drain_until = None;
             }
-            (ctl.all_paused, ctl.paused.clone(), ctl.drain_until)
+            paused.clear();
+            paused.extend_from_slice(&ctl.paused);
+            (ctl.all_paused, ctl.drain_until)
         };
         {
             let mut st = self.shared.status.lock();
@@ -1219,17 +1230,22 @@ impl Forwarder {
             wake = wake.min(t);
         }
         if (!window.open && drain.is_none()) || all_paused || self.producer.is_none() {
+            self.paused_buf = paused;
             return wake;
         }
         if let Some(t) = self.throttle_wait {
             if now < t {
+                self.paused_buf = paused;
                 return wake.min(t);
             }
             self.throttle_wait = None;
         }
 
         // Send until the in-flight limit, the throttle, or no class has anything ready.
-        let mut dry = vec![false; self.classes.len()];
+        let mut dry = std::mem::take(&mut self.dry_buf);
+        dry.clear();
+        dry.resize(self.classes.len(), false);
+        let mut candidates = std::mem::take(&mut self.candidates_buf);
         loop {
             if self.inflight_bytes >= self.opts.max_in_flight_bytes
                 || self.inflight_records() >= self.opts.max_in_flight_records
@@ -1237,7 +1253,7 @@ impl Forwarder {
                 break;
             }
             let now = Instant::now();
-            let mut candidates = Vec::new();
+            candidates.clear();
             for c in &self.classes {
                 if paused[c.id] || c.failed || dry[c.id] {
                     continue;
@@ -1275,6 +1291,9 @@ impl Forwarder {
                 Err(None) => break,
             }
         }
+        self.paused_buf = paused;
+        self.dry_buf = dry;
+        self.candidates_buf = candidates;
         wake
     }
 
