@@ -17,7 +17,7 @@
 //!
 //! 1. `drain`: 1M ~200 B JSON telemetry records appended to a store. A plain rdkafka
 //!    `ThreadedProducer` built from the *same* `ClientConfig` ferry uses
-//!    (`KafkaOptions::client_config`: zstd, idempotence, acks=all, linger 20 ms, same queue
+//!    (`KafkaOptions::client_config`: zstd, idempotence, acks=all, linger 5 ms as shipped, same queue
 //!    limits) sends the same records — read back from that store and mapped by ferry's own
 //!    `Mapper` before the clock starts, so topic layout, keys, headers and timestamps are
 //!    identical — to a fresh topic and waits for every delivery report. Then the real
@@ -332,9 +332,29 @@ fn mapping(topic: &str) -> ClassMappingConfig {
     }
 }
 
+/// The producer options both ferry and the plain producer use: production defaults, plus the
+/// diagnostic knobs `FERRY_BENCH_LINGER_MS=N` and `FERRY_BENCH_KAFKA="key=value,key=value"`
+/// (librdkafka passthrough properties, e.g. `batch.size=262144`).
+fn kafka_opts(bootstrap: &str) -> KafkaOptions {
+    let mut k = KafkaOptions::new(bootstrap);
+    if let Some(ms) = std::env::var("FERRY_BENCH_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        k.linger_ms = ms;
+    }
+    if let Ok(props) = std::env::var("FERRY_BENCH_KAFKA") {
+        for kv in props.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = kv.split_once('=').expect("FERRY_BENCH_KAFKA: key=value");
+            k.properties.insert(key.trim().into(), value.trim().into());
+        }
+    }
+    k
+}
+
 fn forwarder_opts(bootstrap: &str, topic: &str) -> ForwarderOptions {
-    // Production defaults (linger 20 ms, zstd, 16 MiB in flight, 1000-record batches).
-    let mut o = ForwarderOptions::new(GATEWAY, KafkaOptions::new(bootstrap));
+    // Production defaults (linger 5 ms, zstd, 16 MiB in flight, 1000-record batches).
+    let mut o = ForwarderOptions::new(GATEWAY, kafka_opts(bootstrap));
     o.mappings = vec![("telemetry".into(), mapping(topic))];
     o
 }
@@ -432,7 +452,7 @@ struct PlainRun {
 
 /// Sends every record with a bare `ThreadedProducer` and waits for all delivery reports.
 fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun {
-    let mut cfg = KafkaOptions::new(bootstrap).client_config().unwrap();
+    let mut cfg = kafka_opts(bootstrap).client_config().unwrap();
     cfg.set("client.id", "plain-bench")
         .set("statistics.interval.ms", "500");
     let ctx = Arc::new(Counting {
@@ -663,7 +683,11 @@ fn part_drain(args: &Args) {
     let rate = |secs: f64| n as f64 / secs;
     let plain_best = plain1.secs.min(plain2.secs);
     let plain_mean = (plain1.secs + plain2.secs) / 2.0;
-    println!("\n### Drain rate: {} records, {PARTITIONS} partitions, zstd, acks=all, idempotent, linger 20 ms\n", fmt_int(n));
+    println!(
+        "\n### Drain rate: {} records, {PARTITIONS} partitions, zstd, acks=all, idempotent, linger {} ms\n",
+        fmt_int(n),
+        kafka_opts("-").linger_ms
+    );
     println!(
         "Backlog: {} records, payload {:.1} MB (avg {:.0} B), record bytes (payload + key + headers, what ferry meters) {:.1} MB; store {:.1} MB on disk, built in {build_secs:.1} s.\n",
         fmt_int(n),

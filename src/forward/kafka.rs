@@ -82,8 +82,9 @@ fn default_client_id() -> String {
 fn default_compression() -> String {
     "zstd".into()
 }
+/// The same as `kafka.linger` in `config/ferry.toml` (`config::KafkaConfig`'s default).
 fn default_linger_ms() -> u64 {
-    20
+    5
 }
 fn default_message_timeout_ms() -> u64 {
     300_000
