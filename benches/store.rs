@@ -139,15 +139,30 @@ fn append_run(dir: &Path, level: i32, n: u64, mode: Mode) -> (f64, IoStats, Clas
     (secs, io, st)
 }
 
-/// The same message bytes, BATCH at a time: one write + fdatasync per batch, no framing.
-fn raw_run(dir: &Path, n: u64) -> f64 {
-    let path = dir.join("raw.log");
-    let mut f = std::fs::OpenOptions::new()
+/// A fresh, empty file for a raw run.
+fn raw_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&path)
-        .unwrap();
+        .open(path)
+        .unwrap()
+}
+
+/// Appends the message bytes (topic, client id, payload) of records `i..i + BATCH` to `buf`.
+fn raw_group(buf: &mut Vec<u8>, i: u64) {
+    for k in 0..BATCH as u64 {
+        let r = telemetry(i + k);
+        buf.extend_from_slice(r.topic.as_bytes());
+        buf.extend_from_slice(r.client_id.as_bytes());
+        buf.extend_from_slice(&r.payload);
+    }
+}
+
+/// The same message bytes, BATCH at a time: one write + fdatasync per batch, no framing.
+fn raw_run(dir: &Path, n: u64) -> f64 {
+    let path = dir.join("raw.log");
+    let mut f = raw_file(&path);
     let mut buf = Vec::with_capacity(BATCH * 256);
     let mut syncing = Duration::ZERO;
     let mut writing = Duration::ZERO;
@@ -155,12 +170,7 @@ fn raw_run(dir: &Path, n: u64) -> f64 {
     let mut i = 0;
     while i < n {
         buf.clear();
-        for k in 0..BATCH as u64 {
-            let r = telemetry(i + k);
-            buf.extend_from_slice(r.topic.as_bytes());
-            buf.extend_from_slice(r.client_id.as_bytes());
-            buf.extend_from_slice(&r.payload);
-        }
+        raw_group(&mut buf, i);
         let w0 = Instant::now();
         f.write_all(&buf).unwrap();
         writing += w0.elapsed();
@@ -188,12 +198,7 @@ fn raw_run(dir: &Path, n: u64) -> f64 {
 /// compression. The baseline for the pipelined store run.
 fn raw_pipelined_run(dir: &Path, n: u64) -> f64 {
     let path = dir.join("raw-pipelined.log");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let mut f = raw_file(&path);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let t0 = Instant::now();
@@ -208,12 +213,7 @@ fn raw_pipelined_run(dir: &Path, n: u64) -> f64 {
     let mut in_flight = 0;
     while i < n {
         let mut buf = Vec::with_capacity(BATCH * 256);
-        for k in 0..BATCH as u64 {
-            let r = telemetry(i + k);
-            buf.extend_from_slice(r.topic.as_bytes());
-            buf.extend_from_slice(r.client_id.as_bytes());
-            buf.extend_from_slice(&r.payload);
-        }
+        raw_group(&mut buf, i);
         tx.send(buf).unwrap();
         in_flight += 1;
         if in_flight == 2 {
@@ -380,6 +380,15 @@ fn main() {
     // The virtual disk's fdatasync latency drifts within a run, so each store run is also
     // compared with the raw runs just before and after it.
     let near = |before: f64, after: f64| (before + after) / 2.0;
+    // A store run's rate, its ratio to all raw runs and to the raw runs just before and after.
+    let vs_raw = |secs: f64, before: f64, after: f64| {
+        format!(
+            "{:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2})",
+            n as f64 / secs,
+            raw / secs,
+            near(before, after) / secs
+        )
+    };
     let fsync_ms = |io: &IoStats| io.fsync_seconds_sum / io.fsyncs.max(1) as f64 * 1e3;
     let msg_bytes: u64 = (0..n)
         .map(|i| {
@@ -406,30 +415,22 @@ fn main() {
         msg_bytes as f64 / raw / 1e6
     );
     println!(
-        "| store append, zstd level {level}, one submit per group | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}) |",
-        n as f64 / zs,
-        raw / zs,
-        near(raw1, raw2) / zs
+        "| store append, zstd level {level}, one submit per group | {} |",
+        vs_raw(zs, raw1, raw2)
     );
     println!(
-        "| store append, compression off, one submit per group | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}) |",
-        n as f64 / rs,
-        raw / rs,
-        near(raw2, raw3) / rs
+        "| store append, compression off, one submit per group | {} |",
+        vs_raw(rs, raw2, raw3)
     );
     println!(
-        "| store append, zstd level {level}, one append() per record | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}; {} commits, {:.0} records per commit) |",
-        n as f64 / ss,
-        raw / ss,
-        near(raw3, raw4) / ss,
+        "| store append, zstd level {level}, one append() per record | {}; {} commits, {:.0} records per commit |",
+        vs_raw(ss, raw3, raw4),
         sio.commits,
         sio.batch_records_sum as f64 / sio.commits.max(1) as f64
     );
     println!(
-        "| store append, zstd level {level}, one submit per group, next group built during the commit | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}; {} commits, {:.0} records per commit, mean fsync {:.2} ms) |",
-        n as f64 / ps,
-        raw / ps,
-        near(raw4, raw5) / ps,
+        "| store append, zstd level {level}, one submit per group, next group built during the commit | {}; {} commits, {:.0} records per commit, mean fsync {:.2} ms |",
+        vs_raw(ps, raw4, raw5),
         pio.commits,
         pio.batch_records_sum as f64 / pio.commits.max(1) as f64,
         fsync_ms(&pio)
@@ -444,10 +445,8 @@ fn main() {
         near(rawp1, rawp2) / ps
     );
     println!(
-        "| store append, zstd level 3, one submit per group | {:.0} msg/s — ratio to raw {:.2} (to the raw runs before and after it: {:.2}); bytes on disk / logical byte {:.3} |",
-        n as f64 / l3s,
-        raw / l3s,
-        near(raw5, raw6) / l3s,
+        "| store append, zstd level 3, one submit per group | {}; bytes on disk / logical byte {:.3} |",
+        vs_raw(l3s, raw5, raw6),
         l3st.disk_bytes as f64 / l3st.logical_bytes as f64
     );
     println!(

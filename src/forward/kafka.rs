@@ -295,24 +295,21 @@ impl ReportQueue {
     }
 
     fn push(&self, ev: ProducerEvent) {
-        let was_empty = {
-            let mut q = self.queue.lock();
-            let was_empty = q.is_empty();
-            q.push(ev);
-            was_empty
-        };
-        if was_empty {
-            self.notify.notify_one();
-        }
+        self.add(|q| q.push(ev));
     }
 
     /// Moves every report of `from` (in order) to the queue, with at most one wake-up.
     /// `from` keeps its capacity.
     fn push_all(&self, from: &mut Vec<ProducerEvent>) {
+        self.add(|q| q.append(from));
+    }
+
+    /// Adds to the queue under its lock; wakes the forwarder only if the queue was empty.
+    fn add(&self, f: impl FnOnce(&mut Vec<ProducerEvent>)) {
         let was_empty = {
             let mut q = self.queue.lock();
             let was_empty = q.is_empty();
-            q.append(from);
+            f(&mut q);
             was_empty
         };
         if was_empty {
