@@ -22,8 +22,11 @@
 //!    `Mapper` before the clock starts, so topic layout, keys, headers and timestamps are
 //!    identical — to a fresh topic and waits for every delivery report. Then the real
 //!    `Forwarder` (Unlimited policy) drains the store until `store.acked()` reaches the end.
-//!    Then the plain producer once more (to a third topic), to bracket drift on a shared
-//!    machine. CPU time (user+sys) of this process and of the broker is recorded per run.
+//!    The two alternate, `--rounds N` times (default 3; each ferry run drains its own class
+//!    holding the same records, every run sends to its own topic), with one plain run more at
+//!    the end, and the headline ratio comes from the summed times: on a shared machine one
+//!    pair alone swings by ±25 %. CPU time (user+sys) of this process and of the broker is
+//!    recorded per run.
 //! 2. `throttle`: a `Configured` policy built the way `runtime::wiring::policy()` builds it,
 //!    at 1 MiB/s, drains a backlog that cannot run dry; `ForwarderHandle::status().sent_bytes`
 //!    (the bytes the throttle meters) is sampled every second.
@@ -545,16 +548,37 @@ fn part_drain(args: &Args) {
             ("inflight64", 64 << 20, 200_000),
         ]
     };
+    // ferry and the plain producer alternate: plain, ferry, plain, ferry, ..., plain, with
+    // `--rounds` ferry runs (default 3), each draining its own class of the same records to
+    // its own topic, and one plain run more, each to its own topic. The headline ratio is
+    // taken from the summed times: on this shared VM one pair alone swings by ±25 %.
+    let rounds = args.num("--rounds", 3).max(1) as usize;
     let broker = Tansu::start();
-    for t in ["ferry.telemetry", "plain.telemetry", "plain2.telemetry"] {
-        broker.create_topic(t, PARTITIONS);
+    let mut class_names: Vec<String> = vec!["telemetry".into()];
+    class_names.extend((2..=rounds).map(|r| format!("round{r}")));
+    class_names.extend(variants.iter().map(|(v, _, _)| v.to_string()));
+    let names: Vec<&str> = class_names.iter().map(String::as_str).collect();
+    let ferry_topic = |c: &str| {
+        if c == "telemetry" {
+            "ferry.telemetry".to_string()
+        } else {
+            format!("ferry.{c}")
+        }
+    };
+    let plain_topic = |k: usize| {
+        if k == 1 {
+            "plain.telemetry".to_string()
+        } else {
+            format!("plain{k}.telemetry")
+        }
+    };
+    for c in &names {
+        broker.create_topic(&ferry_topic(c), PARTITIONS);
     }
-    for (v, _, _) in &variants {
-        broker.create_topic(&format!("ferry.{v}"), PARTITIONS);
+    for k in 1..=rounds + 1 {
+        broker.create_topic(&plain_topic(k), PARTITIONS);
     }
     let dir = bench_dir();
-    let mut names = vec!["telemetry"];
-    names.extend(variants.iter().map(|(v, _, _)| *v));
     let store = open_store_classes(dir.path(), &names);
     let build_secs = fill(&store, n, telemetry);
     for i in 1..names.len() {
@@ -562,16 +586,17 @@ fn part_drain(args: &Args) {
     }
     let st = store.stats().remove(0);
     eprintln!(
-        "drain: built {} records ({:.1} MB logical, {:.1} MB on disk) in {build_secs:.1} s",
+        "drain: built {} records ({:.1} MB logical, {:.1} MB on disk) in {build_secs:.1} s, {} classes",
         st.records,
         st.logical_bytes as f64 / 1e6,
-        st.disk_bytes as f64 / 1e6
+        st.disk_bytes as f64 / 1e6,
+        names.len()
     );
 
     // The plain producer's records: the same stored records through ferry's own mapping, read
     // and mapped before its clock starts. Timing the same read + map alone shows what that
     // costs ferry per record (ferry does it on its one forwarder task, between sends).
-    let mapper = Mapper::new(GATEWAY, &[("telemetry".into(), mapping("plain.telemetry"))]).unwrap();
+    let mapper = Mapper::new(GATEWAY, &[("telemetry".into(), mapping(&plain_topic(1)))]).unwrap();
     let mut recs: Vec<KafkaRecord> = Vec::with_capacity(n as usize);
     let mut reader = store.reader(0, 1).unwrap();
     let t0 = Instant::now();
@@ -593,96 +618,79 @@ fn part_drain(args: &Args) {
     let wire_bytes: u64 = recs.iter().map(|r| r.wire_size() as u64).sum();
     eprintln!("drain: read+map {n} records in {read_map_secs:.2} s (read {read_secs:.2} s)");
 
-    let plain1 = plain_run(&broker.bootstrap(), broker.pid(), &recs);
-    eprintln!("drain: plain #1 {:.2} s", plain1.secs);
-
     let rt = runtime();
-    let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
-    let t0 = Instant::now();
     // Every class mapped to its own topic (only the unpaused one sends).
-    let variant_opts = || {
+    let class_opts = || {
         let mut o = forwarder_opts(&broker.bootstrap(), "ferry.telemetry");
         o.mappings = names
             .iter()
-            .map(|c| {
-                let t = if *c == "telemetry" {
-                    "ferry.telemetry".to_string()
-                } else {
-                    format!("ferry.{c}")
-                };
-                (c.to_string(), mapping(&t))
-            })
+            .map(|c| (c.to_string(), mapping(&ferry_topic(c))))
             .collect();
         o
     };
-    let fwd = spawn_forwarder_paused(
-        &rt,
-        &store,
-        dir.path(),
-        variant_opts(),
-        Box::new(Unlimited),
-        &names[1..],
-    );
-    let mut max_inflight = 0u64;
-    let (mut sum_inflight, mut samples_inflight) = (0u64, 0u64);
-    while store.acked(0).seq < n {
-        std::thread::sleep(Duration::from_millis(5));
-        let f = fwd.handle.status().in_flight_bytes;
-        max_inflight = max_inflight.max(f);
-        sum_inflight += f;
-        samples_inflight += 1;
-        assert!(t0.elapsed() < Duration::from_secs(600), "ferry drain stuck");
-    }
-    let ferry_secs = t0.elapsed().as_secs_f64();
-    let (ferry_cpu, ferry_bcpu) = (self_cpu() - cpu0, proc_cpu(broker.pid()) - bcpu0);
-    let ferry_csw = self_csw() - csw0;
-    let report = fwd.stop(&rt);
-    let s = &report.status;
-    eprintln!("drain: ferry {ferry_secs:.2} s");
+    // One drain of class `class` by a fresh forwarder with every other class paused.
+    let drain = |class: usize, opts: ForwarderOptions| -> FerryRun {
+        let others: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|c| *c != names[class])
+            .collect();
+        let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
+        let t0 = Instant::now();
+        let fwd =
+            spawn_forwarder_paused(&rt, &store, dir.path(), opts, Box::new(Unlimited), &others);
+        let (mut peak, mut sum, mut samples) = (0u64, 0u64, 0u64);
+        while store.acked(class).seq < n {
+            std::thread::sleep(Duration::from_millis(5));
+            let f = fwd.handle.status().in_flight_bytes;
+            peak = peak.max(f);
+            sum += f;
+            samples += 1;
+            assert!(t0.elapsed() < Duration::from_secs(600), "ferry drain stuck");
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let (cpu, broker_cpu) = (self_cpu() - cpu0, proc_cpu(broker.pid()) - bcpu0);
+        let csw = self_csw() - csw0;
+        let report = fwd.stop(&rt);
+        FerryRun {
+            secs,
+            cpu,
+            broker_cpu,
+            csw,
+            peak,
+            mean: sum as f64 / samples.max(1) as f64,
+            status: report.status,
+        }
+    };
 
-    for r in recs.iter_mut() {
-        r.topic = "plain2.telemetry".into();
+    let mut plains = Vec::new();
+    let mut ferries = Vec::new();
+    for k in 1..=rounds + 1 {
+        for r in recs.iter_mut() {
+            r.topic = plain_topic(k).into();
+        }
+        let p = plain_run(&broker.bootstrap(), broker.pid(), &recs);
+        eprintln!("drain: plain #{k} {:.2} s", p.secs);
+        plains.push(p);
+        if k <= rounds {
+            let f = drain(k - 1, class_opts());
+            eprintln!("drain: ferry #{k} {:.2} s", f.secs);
+            ferries.push(f);
+        }
     }
-    let plain2 = plain_run(&broker.bootstrap(), broker.pid(), &recs);
-    eprintln!("drain: plain #2 {:.2} s", plain2.secs);
     drop(recs);
 
     let mut variant_rows = Vec::new();
     for (i, (v, limit, records)) in variants.iter().enumerate() {
-        let class = i + 1;
-        let mut o = variant_opts();
+        let mut o = class_opts();
         o.max_in_flight_bytes = *limit;
         o.max_in_flight_records = *records;
-        let others: Vec<&str> = names.iter().copied().filter(|c| c != v).collect();
-        let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker.pid()), self_csw());
-        let t0 = Instant::now();
-        let fwd = spawn_forwarder_paused(&rt, &store, dir.path(), o, Box::new(Unlimited), &others);
-        let mut peak = 0u64;
-        while store.acked(class).seq < n {
-            std::thread::sleep(Duration::from_millis(5));
-            peak = peak.max(fwd.handle.status().in_flight_bytes);
-            assert!(t0.elapsed() < Duration::from_secs(600), "ferry drain stuck");
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let (cpu, bcpu) = (self_cpu() - cpu0, proc_cpu(broker.pid()) - bcpu0);
-        let csw = self_csw() - csw0;
-        let rep = fwd.stop(&rt);
-        eprintln!("drain: ferry {v} {secs:.2} s");
-        variant_rows.push((
-            *v,
-            *limit,
-            secs,
-            cpu,
-            bcpu,
-            csw,
-            peak,
-            rep.status.dead_lettered,
-        ));
+        let f = drain(rounds + i, o);
+        eprintln!("drain: ferry {v} {:.2} s", f.secs);
+        variant_rows.push((*v, *limit, *records, f));
     }
 
     let rate = |secs: f64| n as f64 / secs;
-    let plain_best = plain1.secs.min(plain2.secs);
-    let plain_mean = (plain1.secs + plain2.secs) / 2.0;
     println!(
         "\n### Drain rate: {} records, {PARTITIONS} partitions, zstd, acks=all, idempotent, linger {} ms\n",
         fmt_int(n),
@@ -715,72 +723,94 @@ fn part_drain(args: &Args) {
             csw as f64 * 1000.0 / n as f64,
         )
     };
-    row(
-        "plain rdkafka producer #1 (before ferry)",
-        plain1.secs,
-        plain1.cpu,
-        plain1.broker_cpu,
-        plain1.csw,
-        Some(plain1.net_bytes),
-        plain1.failed,
-    );
-    row(
-        "**ferry forwarder** (store → Kafka, until acked)",
-        ferry_secs,
-        ferry_cpu,
-        ferry_bcpu,
-        ferry_csw,
-        None,
-        s.dead_lettered,
-    );
-    row(
-        "plain rdkafka producer #2 (after ferry)",
-        plain2.secs,
-        plain2.cpu,
-        plain2.broker_cpu,
-        plain2.csw,
-        Some(plain2.net_bytes),
-        plain2.failed,
-    );
-    for (v, limit, secs, cpu, bcpu, csw, peak, dl) in &variant_rows {
+    for (k, p) in plains.iter().enumerate() {
+        row(
+            &format!("plain rdkafka producer #{}", k + 1),
+            p.secs,
+            p.cpu,
+            p.broker_cpu,
+            p.csw,
+            Some(p.net_bytes),
+            p.failed,
+        );
+        if let Some(f) = ferries.get(k) {
+            row(
+                &format!(
+                    "**ferry forwarder #{}** (store → Kafka, until acked)",
+                    k + 1
+                ),
+                f.secs,
+                f.cpu,
+                f.broker_cpu,
+                f.csw,
+                None,
+                f.status.dead_lettered,
+            );
+        }
+    }
+    for (v, limit, records, f) in &variant_rows {
         row(
             &format!(
-                "ferry, max_in_flight_bytes = {} MiB, max_in_flight_records = {} (diagnostic `{v}`; peak in flight {:.1} MiB)",
+                "ferry, max_in_flight_bytes = {} MiB, max_in_flight_records = {records} (diagnostic `{v}`; peak in flight {:.1} MiB)",
                 limit >> 20,
-                variants
-                    .iter()
-                    .find(|(n, _, _)| n == v)
-                    .map_or(0, |(_, _, r)| *r),
-                *peak as f64 / MIB
+                f.peak as f64 / MIB
             ),
-            *secs,
-            *cpu,
-            *bcpu,
-            *csw,
+            f.secs,
+            f.cpu,
+            f.broker_cpu,
+            f.csw,
             None,
-            *dl,
+            f.status.dead_lettered,
         );
     }
+    let plain_mean = plains.iter().map(|p| p.secs).sum::<f64>() / plains.len() as f64;
+    let ferry_mean = ferries.iter().map(|f| f.secs).sum::<f64>() / ferries.len() as f64;
+    // Each ferry run against the two plain runs around it.
+    let per_round: Vec<String> = ferries
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            format!(
+                "{:.2}",
+                (plains[k].secs + plains[k + 1].secs) / 2.0 / f.secs
+            )
+        })
+        .collect();
     println!(
-        "\nferry / plain: **{:.2}x** against the mean of both plain runs, {:.2}x against the faster one (goal ≥ 0.8x).",
-        plain_mean / ferry_secs,
-        plain_best / ferry_secs
+        "\nferry / plain: **{:.2}x** from the summed times of {} ferry and {} plain runs, alternating (goal ≥ 0.8x); each ferry run against the plain runs either side: {}.",
+        plain_mean / ferry_mean,
+        ferries.len(),
+        plains.len(),
+        per_round.join(", ")
     );
+    let s = &ferries[0].status;
     println!(
-        "\nferry details: sent {} records ({} re-sent), sent_bytes {:.1} MB, acked {}, producer resets {}, in flight (5 ms samples) mean {:.1} MiB / peak {:.1} MiB of the 16 MiB limit; \
+        "\nferry details (run #1): sent {} records ({} re-sent), sent_bytes {:.1} MB, acked {}, producer resets {}, in flight (5 ms samples) mean {:.1} MiB / peak {:.1} MiB of the 16 MiB limit; \
          read+map alone (one thread, same store, page cache warm): {:.2} s = {:.2} µs/record (store read {:.2} s of it).",
         fmt_int(s.sent_records),
         fmt_int(s.resent_records),
         s.sent_bytes as f64 / 1e6,
         fmt_int(s.acked_records),
         s.producer_resets,
-        sum_inflight as f64 / samples_inflight.max(1) as f64 / MIB,
-        max_inflight as f64 / MIB,
+        ferries[0].mean / MIB,
+        ferries[0].peak as f64 / MIB,
         read_map_secs,
         read_map_secs * 1e6 / n as f64,
         read_secs
     );
     store.close().unwrap();
+}
+
+/// One ferry drain of `--part drain`.
+struct FerryRun {
+    secs: f64,
+    cpu: f64,
+    broker_cpu: f64,
+    csw: u64,
+    /// In-flight bytes (5 ms samples): peak and mean.
+    peak: u64,
+    mean: f64,
+    status: ferry::forward::ForwarderStatus,
 }
 
 /// Only the forwarder's drain, for profiling (`perf record ... --part drain --ferry-only`):
