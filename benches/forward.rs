@@ -723,6 +723,17 @@ fn part_drain(args: &Args) {
             csw as f64 * 1000.0 / n as f64,
         )
     };
+    let ferry_row = |name: &str, f: &FerryRun| {
+        row(
+            name,
+            f.secs,
+            f.cpu,
+            f.broker_cpu,
+            f.csw,
+            None,
+            f.status.dead_lettered,
+        )
+    };
     for (k, p) in plains.iter().enumerate() {
         row(
             &format!("plain rdkafka producer #{}", k + 1),
@@ -734,33 +745,23 @@ fn part_drain(args: &Args) {
             p.failed,
         );
         if let Some(f) = ferries.get(k) {
-            row(
+            ferry_row(
                 &format!(
                     "**ferry forwarder #{}** (store → Kafka, until acked)",
                     k + 1
                 ),
-                f.secs,
-                f.cpu,
-                f.broker_cpu,
-                f.csw,
-                None,
-                f.status.dead_lettered,
+                f,
             );
         }
     }
     for (v, limit, records, f) in &variant_rows {
-        row(
+        ferry_row(
             &format!(
                 "ferry, max_in_flight_bytes = {} MiB, max_in_flight_records = {records} (diagnostic `{v}`; peak in flight {:.1} MiB)",
                 limit >> 20,
                 f.peak as f64 / MIB
             ),
-            f.secs,
-            f.cpu,
-            f.broker_cpu,
-            f.csw,
-            None,
-            f.status.dead_lettered,
+            f,
         );
     }
     let plain_mean = plains.iter().map(|p| p.secs).sum::<f64>() / plains.len() as f64;
