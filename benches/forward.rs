@@ -544,8 +544,8 @@ fn part_drain(args: &Args) {
         Vec::new()
     } else {
         vec![
-            ("records50k", 16 << 20, 50_000),
-            ("inflight64", 64 << 20, 200_000),
+            ("window50k", 16 << 20, 50_000),
+            ("window64m", 64 << 20, 200_000),
         ]
     };
     // ferry and the plain producer alternate: plain, ferry, plain, ferry, ..., plain, with
@@ -555,7 +555,9 @@ fn part_drain(args: &Args) {
     let rounds = args.num("--rounds", 3).max(1) as usize;
     let broker = Tansu::start();
     let mut class_names: Vec<String> = vec!["telemetry".into()];
-    class_names.extend((2..=rounds).map(|r| format!("round{r}")));
+    // Class names as long as "telemetry": the `ferry.class` and `ferry.seq` headers carry
+    // them, so every run sends records of the same size.
+    class_names.extend((2..=rounds).map(|r| format!("round{r:04}")));
     class_names.extend(variants.iter().map(|(v, _, _)| v.to_string()));
     let names: Vec<&str> = class_names.iter().map(String::as_str).collect();
     let ferry_topic = |c: &str| {
@@ -586,7 +588,7 @@ fn part_drain(args: &Args) {
     }
     let st = store.stats().remove(0);
     eprintln!(
-        "drain: built {} records ({:.1} MB logical, {:.1} MB on disk) in {build_secs:.1} s, {} classes",
+        "drain: built {} records per class ({:.1} MB logical, {:.1} MB on disk) in {build_secs:.1} s, {} classes",
         st.records,
         st.logical_bytes as f64 / 1e6,
         st.disk_bytes as f64 / 1e6,
