@@ -3,7 +3,7 @@
 //! ## Why a producer with its own poll thread and a report queue, not `FutureProducer`
 //! The forwarder needs every delivery report, in the order librdkafka produces them, on one
 //! task that owns the per-class in-flight tables. A `BaseProducer` whose poll thread
-//! ([`poll_loop`]) hands each report (tagged with class, sequence and producer generation) to
+//! (`poll_loop`) hands each report (tagged with class, sequence and producer generation) to
 //! a shared [`ReportQueue`] does exactly that: no future or oneshot per message, no ordering
 //! question between futures, and the poll thread keeps serving callbacks (including the client
 //! error callback that tells us the link is down) even while the forwarder sleeps in a closed
@@ -392,7 +392,7 @@ impl Tags {
 ///
 /// While reports flow, the poll thread collects them in `local` (touched by that thread only,
 /// so its lock is never contended) and hands each round's reports over at once (see
-/// [`poll_loop`]); while the producer is idle (`direct`), each report goes straight to the
+/// `poll_loop`); while the producer is idle (`direct`), each report goes straight to the
 /// queue, so the first report after a quiet spell is not held back.
 pub struct FerryContext {
     generation: u64,
@@ -577,7 +577,7 @@ impl HeaderBuilder {
 }
 
 /// One producer instance (one generation): a librdkafka producer and its poll thread
-/// ([`poll_loop`]), which stops when the producer is dropped.
+/// (`poll_loop`), which stops when the producer is dropped.
 pub struct KafkaProducer {
     inner: Arc<BaseProducer<FerryContext>>,
     generation: u64,

@@ -75,10 +75,6 @@ pub(crate) struct Scan {
     pub file_len: u64,
 }
 
-/// Reads `path` frame by frame, checking every CRC. `name_seq` is the first sequence from the
-/// file name, used when the header itself is damaged. Reads sequentially through a buffer; only
-/// after damage is the rest of the file read into memory (bounded by the segment size) to look
-/// for the next valid frame.
 /// Tells the kernel `file` is read front to back (a larger readahead window). A cold open of a
 /// 1 GB store on the project's virtual disk went from 0.97-1.35 s to 0.71-0.81 s with it
 /// (BENCHMARKS.md, store). Advice only: an error changes nothing but speed.
@@ -94,6 +90,10 @@ fn advise_sequential(file: &File) {
     }
 }
 
+/// Reads `path` frame by frame, checking every CRC. `name_seq` is the first sequence from the
+/// file name, used when the header itself is damaged. Reads sequentially through a buffer; only
+/// after damage is the rest of the file read into memory (bounded by the segment size) to look
+/// for the next valid frame.
 pub(crate) fn scan(path: &Path, name_seq: u64) -> Result<Scan> {
     let file = File::open(path).map_err(|e| StoreError::io("open segment", path, e))?;
     let file_len = file
