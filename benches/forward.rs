@@ -1230,9 +1230,8 @@ fn child(part: &str, extra: &[String]) {
 }
 
 fn main() {
-    // The same process set-up as `ferry run` (every part re-executes this binary, so each
-    // child applies it too): glibc malloc arenas capped, unless MALLOC_ARENA_MAX is set.
-    let arenas = ferry::runtime::memory::cap_malloc_arenas();
+    // The same allocator as `ferry run`: the library declares it (jemalloc, serving librdkafka
+    // too), so the plain producer and ferry share it in every part.
     let args = Args {
         raw: std::env::args().collect(),
     };
@@ -1260,7 +1259,10 @@ fn main() {
         sh("free -g | awk '/Mem:/ {print $2\" GiB RAM\"}'")
     );
     println!("- load at start: `{}`", sh("uptime"));
-    println!("- malloc arenas (as `ferry run` sets them): {arenas:?}");
+    println!(
+        "- allocator (as `ferry run` has it): {}",
+        ferry::runtime::memory::allocator()
+    );
     let t0 = Instant::now();
     if run("drain") {
         child("drain", &extra);

@@ -70,6 +70,11 @@ arm64)
     export HOST_CC=gcc HOST_CXX=g++ CC_x86_64_unknown_linux_gnu=gcc CXX_x86_64_unknown_linux_gnu=g++
     export AR_x86_64_unknown_linux_gnu=ar
     export PKG_CONFIG_ALLOW_CROSS=1
+    # jemalloc (ferry's allocator) fixes the page size when it is built and refuses to start
+    # on a kernel with larger pages ("<jemalloc>: Unsupported system page size"). arm64
+    # kernels use 4, 16 or 64 KiB pages (Raspberry Pi 5: 16 KiB), so build for 64 KiB, which
+    # runs on all three (the Rust toolchain's own aarch64 builds do the same).
+    export JEMALLOC_SYS_WITH_LG_PAGE=16
     export PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig
     export PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig
     cargo deb --locked --target "$triple" -o "$target_dir/debian" -- -j "$jobs" >&2

@@ -1,48 +1,92 @@
-//! Process-wide memory settings, applied once at start-up before any thread exists.
+//! The process's memory allocator: jemalloc, for Rust and C code alike.
 //!
-//! glibc gives every thread that allocates concurrently its own malloc arena (up to 8 per
-//! core), and memory freed into one arena is not reused by the others. ferry's threads (tokio
-//! workers, the blocking pool that reads the store, librdkafka's broker and poll threads) all
-//! allocate, and record buffers are allocated on one thread and freed on another, so with the
-//! default arenas the forwarder's RSS was ~35 MiB higher while draining a large backlog
-//! (BENCHMARKS.md, "Forwarder (issue 8)", RSS). Two arenas are enough for ferry's contention.
+//! ferry's hot paths allocate on one thread and free on another: the forwarder (a tokio
+//! worker) builds each Kafka record's headers inside librdkafka, whose poll thread frees them
+//! after the delivery report; store reads are decoded on the blocking pool and dropped by the
+//! forwarder. glibc's malloc serves that badly. Its arenas are shared between threads, so a
+//! free from another thread takes the arena's lock, and under a drain those locks were
+//! contended: `perf` showed the poll thread and the tokio worker waiting in
+//! `__lll_lock_wait_private` inside `_int_free`, 22–42 context switches per 1000 records. With
+//! glibc's default arenas (8 per core) the forwarder's RSS was also ~35 MiB higher, because
+//! memory freed into one arena is not reused by the others.
+//!
+//! jemalloc (per-thread caches, frees returned to the owning arena in batches) removed both:
+//! the forwarder's drain went from ~6.0 to ~4.6 µs of CPU per record and from 29–42 to 9
+//! context switches per 1000 records (`LD_PRELOAD` A/B, BENCHMARKS.md "Forwarder (issue 8)").
+//! It is built in (`tikv-jemallocator`, the allocator TiKV and Vector ship) with unprefixed
+//! symbols, so the `malloc`/`free` that librdkafka and zstd call resolve to jemalloc too —
+//! the library declares the global allocator, so every binary, test and benchmark that links
+//! it runs on the same allocator (as TiKV's `tikv_alloc` does).
+//!
+//! Settings ([`MALLOC_CONF`], compiled in; the `MALLOC_CONF` environment variable overrides
+//! them for a diagnostic run): two arenas (jemalloc would make four per core; the per-thread
+//! caches keep contention low), and unused dirty pages handed back to the kernel after 1 s
+//! instead of 10 s, so RSS follows the in-flight window down when a drain ends.
 
-/// The arena cap ferry applies unless the operator set `MALLOC_ARENA_MAX` themselves.
-pub const MALLOC_ARENAS: i32 = 2;
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// What [`cap_malloc_arenas`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArenaCap {
-    /// `mallopt(M_ARENA_MAX, n)` succeeded.
-    Capped(i32),
-    /// `MALLOC_ARENA_MAX` is set in the environment; glibc already applied it, ferry keeps it.
-    FromEnvironment,
-    /// Not glibc, or `mallopt` refused: the allocator's defaults stay.
-    Unchanged,
-}
+/// jemalloc's compiled-in options (see the module docs), NUL-terminated as jemalloc reads them.
+pub const MALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
-/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`]. Call it first thing in `main` (the daemon
-/// does, and so does the forwarder benchmark, so both measure the same process setup).
-pub fn cap_malloc_arenas() -> ArenaCap {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return ArenaCap::FromEnvironment;
-    }
-    cap(MALLOC_ARENAS)
-}
+/// `const char *malloc_conf`: jemalloc reads this symbol once, when it initialises.
+#[repr(transparent)]
+pub struct ConfPtr(*const u8);
+// SAFETY: the pointer refers to a `'static` immutable byte string.
+unsafe impl Sync for ConfPtr {}
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn cap(n: i32) -> ArenaCap {
-    // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time and
-    // takes plain integers.
-    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, n) };
-    if ok == 1 {
-        ArenaCap::Capped(n)
+#[cfg(target_os = "linux")]
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static malloc_conf: ConfPtr = ConfPtr(MALLOC_CONF.as_ptr());
+
+/// The allocator this build runs on, for the start-up log.
+pub fn allocator() -> &'static str {
+    if cfg!(target_os = "linux") {
+        "jemalloc (built in; also serves librdkafka and zstd)"
     } else {
-        ArenaCap::Unchanged
+        "the system allocator"
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cap(_n: i32) -> ArenaCap {
-    ArenaCap::Unchanged
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    extern "C" {
+        // jemalloc's control interface, unprefixed like its malloc.
+        fn mallctl(
+            name: *const libc::c_char,
+            oldp: *mut libc::c_void,
+            oldlenp: *mut libc::size_t,
+            newp: *mut libc::c_void,
+            newlen: libc::size_t,
+        ) -> libc::c_int;
+    }
+
+    /// The built-in allocator really serves C code: `malloc` in this process is jemalloc's,
+    /// which knows `mallctl` and reports the compiled-in options (`opt.narenas`; the arena
+    /// count itself has one more, jemalloc's arena for huge allocations).
+    #[test]
+    fn c_malloc_is_jemalloc_with_ferrys_settings() {
+        // SAFETY: plain C allocation and release of 64 bytes.
+        unsafe {
+            let p = libc::malloc(64);
+            assert!(!p.is_null());
+            libc::free(p);
+        }
+        let mut narenas: libc::c_uint = 0;
+        let mut len = std::mem::size_of::<libc::c_uint>();
+        // SAFETY: "opt.narenas" is an unsigned int; we pass its address and size.
+        let rc = unsafe {
+            mallctl(
+                c"opt.narenas".as_ptr(),
+                (&mut narenas as *mut libc::c_uint).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "mallctl failed: jemalloc is not the allocator");
+        assert_eq!(narenas, 2);
+    }
 }

@@ -37,15 +37,13 @@ const RECOVERY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_s
 
 /// Runs the daemon with the config at `path` until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(path: &Path) -> anyhow::Result<u8> {
-    // Before the runtime starts its threads (see `memory`).
-    let arenas = memory::cap_malloc_arenas();
     let cfg = Config::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_async(cfg, path.to_path_buf(), arenas))
+    rt.block_on(run_async(cfg, path.to_path_buf()))
 }
 
 /// A "stop now" signal every task can wait on.
@@ -63,7 +61,7 @@ fn stop_pair() -> (watch::Sender<bool>, Stop) {
     (tx, Stop(rx))
 }
 
-async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyhow::Result<u8> {
+async fn run_async(cfg: Config, path: PathBuf) -> anyhow::Result<u8> {
     let format = match cfg.log.format {
         CfgLogFormat::Auto => LogFormat::Auto,
         CfgLogFormat::Journald => LogFormat::Journald,
@@ -71,7 +69,7 @@ async fn run_async(cfg: Config, path: PathBuf, arenas: memory::ArenaCap) -> anyh
         CfgLogFormat::Json => LogFormat::Json,
     };
     logging::init(&cfg.log.level, format).context("setting up logging")?;
-    tracing::debug!(?arenas, "malloc arenas");
+    tracing::debug!(allocator = memory::allocator(), "memory allocator");
     for w in cfg.warnings() {
         tracing::warn!("config: {w}");
     }
