@@ -16,14 +16,15 @@
 //! It is built in (`tikv-jemallocator`, the allocator TiKV and Vector ship) with unprefixed
 //! symbols, so the `malloc`/`free` that librdkafka and zstd call resolve to jemalloc too —
 //! the library declares the global allocator, so every binary, test and benchmark that links
-//! it runs on the same allocator (as TiKV's `tikv_alloc` does).
+//! it runs on the same allocator (as TiKV's `tikv_alloc` does). The `jemalloc` cargo feature
+//! (on by default) switches it; the fuzz targets build without it, for ASan.
 //!
 //! Settings ([`MALLOC_CONF`], compiled in; the `MALLOC_CONF` environment variable overrides
 //! them for a diagnostic run): two arenas (jemalloc would make four per core; the per-thread
 //! caches keep contention low), and unused dirty pages handed back to the kernel after 1 s
 //! instead of 10 s, so RSS follows the in-flight window down when a drain ends.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "jemalloc", target_os = "linux"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -36,21 +37,21 @@ pub struct ConfPtr(*const u8);
 // SAFETY: the pointer refers to a `'static` immutable byte string.
 unsafe impl Sync for ConfPtr {}
 
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "jemalloc", target_os = "linux"))]
 #[allow(non_upper_case_globals)]
 #[no_mangle]
 pub static malloc_conf: ConfPtr = ConfPtr(MALLOC_CONF.as_ptr());
 
 /// The allocator this build runs on, for the start-up log.
 pub fn allocator() -> &'static str {
-    if cfg!(target_os = "linux") {
+    if cfg!(all(feature = "jemalloc", target_os = "linux")) {
         "jemalloc (built in; also serves librdkafka and zstd)"
     } else {
         "the system allocator"
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, feature = "jemalloc", target_os = "linux"))]
 mod tests {
     extern "C" {
         // jemalloc's control interface, unprefixed like its malloc.
