@@ -6,13 +6,14 @@
 //! forwarder. glibc's malloc serves that badly. Its arenas are shared between threads, so a
 //! free from another thread takes the arena's lock, and under a drain those locks were
 //! contended: `perf` showed the poll thread and the tokio worker waiting in
-//! `__lll_lock_wait_private` inside `_int_free`, 22–42 context switches per 1000 records. With
+//! `__lll_lock_wait_private` inside `_int_free`, 24–46 context switches per 1000 records. With
 //! glibc's default arenas (8 per core) the forwarder's RSS was also ~35 MiB higher, because
 //! memory freed into one arena is not reused by the others.
 //!
-//! jemalloc (per-thread caches, frees returned to the owning arena in batches) removed both:
-//! the forwarder's drain went from ~6.0 to ~4.6 µs of CPU per record and from 29–42 to 9
-//! context switches per 1000 records (`LD_PRELOAD` A/B, BENCHMARKS.md "Forwarder (issue 8)").
+//! jemalloc (per-thread caches, frees returned to the owning arena in batches) fixes that.
+//! Alternating the binaries before and after, the forwarder drained ~27 % faster on 4.8
+//! instead of 6.3 µs of CPU per record, with 9–10 context switches per 1000 records
+//! (BENCHMARKS.md, "Forwarder (issue 8)").
 //! It is built in (`tikv-jemallocator`, the allocator TiKV and Vector ship) with unprefixed
 //! symbols, so the `malloc`/`free` that librdkafka and zstd call resolve to jemalloc too —
 //! the library declares the global allocator, so every binary, test and benchmark that links
