@@ -875,6 +875,9 @@ struct FrameWritten {
     end_offset: u64,
     /// Already fdatasync'd (its segment was sealed by a roll within this commit).
     synced: bool,
+    /// Already visible to readers: `roll` publishes the frames it synced before the next
+    /// segment appears (see there).
+    published: bool,
     tickets: Vec<Done>,
 }
 
@@ -1107,42 +1110,21 @@ impl Writer {
         {
             let mut inner = c.inner.lock();
             for f in frames {
+                if f.published {
+                    // Published by `roll` already (synced there); only its tickets are left.
+                    completed.push(f);
+                    continue;
+                }
                 if !f.synced && sync_res.is_err() {
                     if let Err(e) = &sync_res {
                         fail_all(f.tickets, e);
                     }
                     continue;
                 }
-                let Some(seg) = inner
-                    .segments
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.first_seq <= f.header.first_seq)
-                else {
+                if !publish_frame(&self.io, &c, &mut inner, &f, active_len) {
                     fail_all(f.tickets, &StoreError::Closed);
                     continue;
-                };
-                seg.end_seq = f.header.end_seq();
-                seg.logical_end = f.header.logical_start + f.header.raw_len as u64;
-                seg.max_ts = seg.max_ts.max(f.header.max_ts);
-                seg.records += f.header.count as u64;
-                seg.logical_bytes += f.header.raw_len as u64;
-                seg.len = if f.synced { f.end_offset } else { active_len };
-                c.disk_bytes
-                    .fetch_add(f.header.frame_len(), Ordering::Relaxed);
-                self.io
-                    .records
-                    .fetch_add(f.header.count as u64, Ordering::Relaxed);
-                c.appended_records
-                    .fetch_add(f.header.count as u64, Ordering::Relaxed);
-                c.appended_bytes
-                    .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
-                self.io
-                    .logical
-                    .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
-                self.io
-                    .frame_bytes
-                    .fetch_add(f.header.frame_len(), Ordering::Relaxed);
+                }
                 completed.push(f);
             }
             let end = inner.end_seq();
@@ -1291,13 +1273,19 @@ impl Writer {
             header,
             end_offset: active.len + active.pending,
             synced: false,
+            published: false,
             tickets,
         })
     }
 
     /// Seals the active segment and starts a new one at the class's end.
     /// Frames of this commit already written to the old segment are synced first, so a
-    /// segment is complete on disk before the next one exists.
+    /// segment is complete on disk before the next one exists, and published in the same
+    /// step that lists the new segment. Listing the new segment first let a reader at the
+    /// old one's published end take it as finished and jump to the new segment's first
+    /// record, past those frames, for good (`tests/store.rs`,
+    /// `tailing_reader_sees_every_record_across_mid_commit_rolls`). Their tickets still
+    /// complete with the rest of the commit.
     fn roll(&mut self, class: ClassId, earlier: &mut [FrameWritten]) -> Result<()> {
         let c = self.classes[class].clone();
         if let Some(a) = self.actives[class].as_mut() {
@@ -1314,7 +1302,14 @@ impl Writer {
         let a = ActiveSegment::create(&c.dir, first, logical)?;
         let meta = empty_meta(&a.path, first, logical);
         c.disk_bytes.fetch_add(a.len, Ordering::Relaxed);
-        c.inner.lock().segments.push_back(meta);
+        {
+            let mut inner = c.inner.lock();
+            for f in earlier.iter_mut().filter(|f| !f.published) {
+                // Synced above, so `end_offset` is durable (`active_len` is not used).
+                f.published = publish_frame(&self.io, &c, &mut inner, f, f.end_offset);
+            }
+            inner.segments.push_back(meta);
+        }
         self.actives[class] = Some(a);
         Ok(())
     }
@@ -1423,6 +1418,46 @@ fn next_position(c: &ClassShared, earlier: &[FrameWritten]) -> (u64, u64) {
             (inner.end_seq(), inner.logical_end())
         }
     }
+}
+
+/// Makes a written, synced frame visible to readers: extends its segment's summary (end,
+/// durable length, counts) and the class and I/O counters. `active_len` is the active
+/// segment's synced length, used for a frame still in it. False when the frame's segment is
+/// no longer listed.
+fn publish_frame(
+    io: &IoCounters,
+    c: &ClassShared,
+    inner: &mut ClassInner,
+    f: &FrameWritten,
+    active_len: u64,
+) -> bool {
+    let Some(seg) = inner
+        .segments
+        .iter_mut()
+        .rev()
+        .find(|s| s.first_seq <= f.header.first_seq)
+    else {
+        return false;
+    };
+    seg.end_seq = f.header.end_seq();
+    seg.logical_end = f.header.logical_start + f.header.raw_len as u64;
+    seg.max_ts = seg.max_ts.max(f.header.max_ts);
+    seg.records += f.header.count as u64;
+    seg.logical_bytes += f.header.raw_len as u64;
+    seg.len = if f.synced { f.end_offset } else { active_len };
+    c.disk_bytes
+        .fetch_add(f.header.frame_len(), Ordering::Relaxed);
+    io.records
+        .fetch_add(f.header.count as u64, Ordering::Relaxed);
+    c.appended_records
+        .fetch_add(f.header.count as u64, Ordering::Relaxed);
+    c.appended_bytes
+        .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
+    io.logical
+        .fetch_add(f.header.raw_len as u64, Ordering::Relaxed);
+    io.frame_bytes
+        .fetch_add(f.header.frame_len(), Ordering::Relaxed);
+    true
 }
 
 fn fail_all(tickets: Vec<Done>, e: &StoreError) {
