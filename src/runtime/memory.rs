@@ -32,16 +32,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's compiled-in options (see the module docs), NUL-terminated as jemalloc reads them.
 pub const MALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
-/// `const char *malloc_conf`: jemalloc reads this symbol once, when it initialises.
-#[repr(transparent)]
-pub struct ConfPtr(*const u8);
-// SAFETY: the pointer refers to a `'static` immutable byte string.
-unsafe impl Sync for ConfPtr {}
-
+/// `const char *malloc_conf`: jemalloc reads this symbol once, when it initialises
+/// (`#[no_mangle]` keeps it in the binary without being public here).
 #[cfg(all(feature = "jemalloc", target_os = "linux"))]
-#[allow(non_upper_case_globals)]
-#[no_mangle]
-pub static malloc_conf: ConfPtr = ConfPtr(MALLOC_CONF.as_ptr());
+mod conf {
+    #[repr(transparent)]
+    struct ConfPtr(*const u8);
+    // SAFETY: the pointer refers to a `'static` immutable byte string.
+    unsafe impl Sync for ConfPtr {}
+
+    #[allow(non_upper_case_globals)]
+    #[no_mangle]
+    static malloc_conf: ConfPtr = ConfPtr(super::MALLOC_CONF.as_ptr());
+}
 
 /// The allocator this build runs on, for the start-up log.
 pub fn allocator() -> &'static str {
