@@ -303,12 +303,15 @@ fn ready_only_after_recovery_and_listeners() {
     let seg = dir
         .path()
         .join("data/classes/telemetry/00000000000000000001.seg");
-    let len = std::fs::metadata(&seg).unwrap().len();
+    // The writer keeps zeros after the data (storage.zero_ahead): cut 7 bytes off the last
+    // frame, not off the zeros.
+    let data = std::fs::read(&seg).unwrap();
+    let data_end = data.len() - data.iter().rev().take_while(|&&b| b == 0).count();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
         .unwrap()
-        .set_len(len - 7)
+        .set_len(data_end as u64 - 7)
         .unwrap();
 
     let sock_path = dir.path().join("notify.sock");

@@ -55,6 +55,16 @@ fn append_all(store: &Store, c: ClassId, range: std::ops::Range<u64>, len: usize
     tickets.into_iter().map(|t| t.wait().unwrap()).collect()
 }
 
+/// What the class's segment files take on disk, zeroed-ahead space included.
+fn segment_file_bytes(dir: &Path, class: &str) -> u64 {
+    std::fs::read_dir(dir.join("classes").join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
 fn read_all(store: &Store, c: ClassId, from: u64) -> Vec<StoredRecord> {
     let mut r = store.reader(c, from).unwrap();
     let mut out = Vec::new();
@@ -232,6 +242,9 @@ fn reject_class_refuses_when_full_and_keeps_data() {
     let mut ok = 0u64;
     let mut refused = 0;
     for i in 0..2000 {
+        // The files, with the space zeroed ahead of the data, stay under the cap too.
+        let files = segment_file_bytes(dir.path(), "c");
+        assert!(files <= 64 << 10, "segment files {files} over cap");
         match store.append(0, rec(i, 200)) {
             Ok(t) => match t.wait() {
                 Ok(_) => ok += 1,
@@ -269,7 +282,12 @@ fn drop_oldest_counts_what_it_drops() {
     let mut o = opts(dir.path(), vec![class("t", 64 << 10, Overflow::DropOldest)]);
     o.compression_level = 0;
     let (store, _) = Store::open(o).unwrap();
-    append_all(&store, 0, 0..2000, 200);
+    for i in 0..20 {
+        append_all(&store, 0, i * 100..i * 100 + 100, 200);
+        // The files, with the space zeroed ahead of the data, stay under the cap too.
+        let files = segment_file_bytes(dir.path(), "t");
+        assert!(files <= 64 << 10, "segment files {files} over cap");
+    }
     let st = &store.stats()[0];
     assert!(st.disk_bytes <= 64 << 10, "disk {} over cap", st.disk_bytes);
     assert!(st.dropped.max_bytes > 0);
@@ -380,15 +398,34 @@ fn torn_tail_at_every_offset() {
     drop(store);
     let start = 40usize; // segment header
     let mut boundaries = vec![start];
-    while *boundaries.last().unwrap() < orig.len() {
+    // Frames up to the data's end; the writer zeroes the space after it ahead of time.
+    let magic = 0xC0DEF3A1u32.to_le_bytes();
+    loop {
         let at = *boundaries.last().unwrap();
+        if at + 48 > orig.len() || orig[at..at + 4] != magic {
+            break;
+        }
         let body = u32::from_le_bytes(orig[at + 4..at + 8].try_into().unwrap()) as usize;
         boundaries.push(at + 48 + body);
     }
-    for cut in (start..orig.len())
+    let data_end = *boundaries.last().unwrap();
+    assert!(boundaries.len() >= 4, "at least three frames");
+    assert!(
+        orig.len() > data_end && orig[data_end..].iter().all(|&b| b == 0),
+        "the active segment is zeroed ahead of its data"
+    );
+    // Cuts inside the zeros lose nothing and are no damage.
+    for cut in [orig.len() - 1, data_end + 48, data_end + 1, data_end] {
+        std::fs::write(&seg, &orig[..cut]).unwrap();
+        let (store, report) = Store::open(o.clone()).unwrap();
+        assert!(report.is_clean(), "cut at {cut}: {report:?}");
+        assert_eq!(read_all(&store, 0, 1), all, "cut at {cut}");
+        drop(store);
+    }
+    for cut in (start..data_end)
         .rev()
         .step_by(7)
-        .chain([start, orig.len() - 1])
+        .chain([start, data_end - 1])
     {
         std::fs::write(&seg, &orig[..cut]).unwrap();
         let (store, report) = Store::open(o.clone()).unwrap();
@@ -406,6 +443,125 @@ fn torn_tail_at_every_offset() {
         assert_eq!(next, got.len() as u64 + 1);
         drop(store);
         std::fs::write(&seg, &orig).unwrap();
+    }
+}
+
+/// Segments, oldest first.
+fn segment_paths(dir: &Path, class: &str) -> Vec<std::path::PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("classes").join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// The writer zeroes space ahead of the active segment's data; a roll cuts it off the sealed
+/// segment. A crash between the two leaves zeros after a sealed segment's data: the next open
+/// cuts them without calling it damage, and a partial frame written over the zeros of the
+/// last segment is an ordinary torn tail.
+#[test]
+fn zeroed_space_is_a_clean_end_and_a_torn_frame_over_it_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
+    o.compression_level = 0;
+    o.segment_bytes = 4 << 10;
+    o.commit_max_bytes = 1 << 10;
+    let (store, _) = Store::open(o.clone()).unwrap();
+    for f in 0..20u64 {
+        append_all(&store, 0, f * 5..f * 5 + 5, 80);
+    }
+    let all = read_all(&store, 0, 1);
+    assert_eq!(all.len(), 100);
+    drop(store);
+    let segs = segment_paths(dir.path(), "a");
+    assert!(segs.len() >= 3);
+    let last = segs.last().unwrap();
+    let last_data = std::fs::read(last).unwrap();
+    let data_end = last_data.len() - last_data.iter().rev().take_while(|&&b| b == 0).count();
+    assert!(
+        last_data.len() > data_end,
+        "the active segment has zeroed space after its data"
+    );
+    // Sealed segments were cut to their data at the roll.
+    for s in &segs[..segs.len() - 1] {
+        let d = std::fs::read(s).unwrap();
+        assert_ne!(d.last(), Some(&0), "{} ends in zeros", s.display());
+    }
+
+    // Zeros after a sealed segment's data (an interrupted roll).
+    let middle = &segs[1];
+    let sealed_len = std::fs::metadata(middle).unwrap().len();
+    let mut d = std::fs::read(middle).unwrap();
+    d.resize(d.len() + 3000, 0);
+    std::fs::write(middle, &d).unwrap();
+    let (store, report) = Store::open(o.clone()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(read_all(&store, 0, 1), all);
+    assert_eq!(std::fs::metadata(middle).unwrap().len(), sealed_len);
+    drop(store);
+
+    // Half a frame over the last segment's zeros: torn, cut, reported; nothing else lost.
+    let mut d = std::fs::read(last).unwrap();
+    let frame_start = 40;
+    let frame_len =
+        48 + u32::from_le_bytes(d[frame_start + 4..frame_start + 8].try_into().unwrap()) as usize;
+    let copy = d[frame_start..frame_start + frame_len / 2].to_vec();
+    d[data_end..data_end + copy.len()].copy_from_slice(&copy);
+    std::fs::write(last, &d).unwrap();
+    let (store, report) = Store::open(o.clone()).unwrap();
+    assert!(!report.is_clean(), "a torn frame must be reported");
+    assert!(report.quarantined().next().is_none(), "{report:?}");
+    assert_eq!(read_all(&store, 0, 1), all);
+    // The store goes on from there and reopens clean.
+    assert_eq!(
+        append_all(&store, 0, 100..105, 80),
+        (101..=105).collect::<Vec<_>>()
+    );
+    drop(store);
+    let (store, report) = Store::open(o).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(read_all(&store, 0, 1).len(), 105);
+}
+
+/// `stats().disk_bytes` is what the segment files take, zeroed space included, and
+/// `zero_ahead_bytes = 0` (`storage.zero_ahead = "0"`) writes no zeros at all.
+#[test]
+fn disk_bytes_count_the_zeroed_space_and_zero_ahead_can_be_off() {
+    for ahead in [0u64, 2 << 10, 64 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
+        o.segment_bytes = 32 << 10;
+        o.zero_ahead_bytes = ahead;
+        let (store, _) = Store::open(o.clone()).unwrap();
+        for f in 0..30u64 {
+            append_all(&store, 0, f * 10..f * 10 + 10, 120);
+            // The writer zeroes after it completed a commit's tickets; a request through
+            // its queue waits for that.
+            store.enforce_retention(0).unwrap();
+            let files = segment_file_bytes(dir.path(), "a");
+            assert_eq!(
+                store.stats()[0].disk_bytes,
+                files,
+                "zero_ahead {ahead}, round {f}"
+            );
+        }
+        let zeroed = store.io_stats().zeroed_bytes_written;
+        if ahead == 0 {
+            assert_eq!(zeroed, 0);
+        } else {
+            assert!(zeroed > 0, "zero_ahead {ahead}");
+        }
+        drop(store);
+        // The next open counts the same.
+        let (store, report) = Store::open(o).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(
+            store.stats()[0].disk_bytes,
+            segment_file_bytes(dir.path(), "a")
+        );
+        assert_eq!(read_all(&store, 0, 1).len(), 300);
     }
 }
 

@@ -197,6 +197,8 @@ pub struct StorageConfig {
     /// Frames smaller than this stay uncompressed (zstd gains little on them).
     pub compress_min: ByteSize,
     pub min_free: ByteSize,
+    /// How far the active segment is zeroed ahead of its data (0 = off): docs/storage.md.
+    pub zero_ahead: ByteSize,
     pub commit: CommitConfig,
 }
 
@@ -208,6 +210,7 @@ impl Default for StorageConfig {
             compression_level: 1,
             compress_min: ByteSize::b(512),
             min_free: ByteSize::mib(256),
+            zero_ahead: ByteSize::mib(2),
             commit: CommitConfig::default(),
         }
     }
@@ -832,6 +835,7 @@ impl Config {
         o.compression_level = s.compression_level;
         o.compress_min_bytes = usize::try_from(s.compress_min.0).unwrap_or(usize::MAX);
         o.min_free_bytes = s.min_free.0;
+        o.zero_ahead_bytes = s.zero_ahead.0;
         o
     }
 

@@ -63,6 +63,14 @@ impl Config {
             1 << 30,
             ByteSize,
         );
+        bound(
+            &mut f,
+            "storage.zero_ahead",
+            s.zero_ahead.0,
+            0,
+            64 << 20,
+            ByteSize,
+        );
         if !(0..=19).contains(&s.compression_level) {
             f.error(
                 "storage.compression_level",

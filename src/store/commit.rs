@@ -221,7 +221,11 @@ pub(crate) struct ClassShared {
     /// Serialises state-file writes; always taken before `inner`.
     pub state_file: Mutex<StateFile>,
     pub committed_tx: watch::Sender<u64>,
+    /// Durable bytes of the class's segments (what `max_bytes` caps).
     pub disk_bytes: AtomicU64,
+    /// Zeros after the active segment's data (`segment::ZERO_AHEAD`), which its file holds
+    /// on top of `disk_bytes`.
+    pub zeroed_ahead: AtomicU64,
     pub refused_full: AtomicU64,
     pub refused_headroom: AtomicU64,
     pub appended_records: AtomicU64,
@@ -301,6 +305,8 @@ pub(crate) struct IoCounters {
     records: AtomicU64,
     logical: AtomicU64,
     frame_bytes: AtomicU64,
+    zeroed: AtomicU64,
+    zero_nanos: AtomicU64,
     loops: AtomicU64,
 }
 
@@ -347,6 +353,8 @@ impl IoCounters {
             records_written: self.records.load(Ordering::Relaxed),
             logical_bytes_written: self.logical.load(Ordering::Relaxed),
             frame_bytes_written: self.frame_bytes.load(Ordering::Relaxed),
+            zeroed_bytes_written: self.zeroed.load(Ordering::Relaxed),
+            zero_seconds_sum: self.zero_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             writer_loops: self.loops.load(Ordering::Relaxed),
         }
     }
@@ -461,6 +469,10 @@ impl Shared {
                 actives.push(Some(ActiveSegment::reopen(&back.path, back.len)?));
             }
             let disk: u64 = segments.iter().map(|s| s.len).sum();
+            // The active segment's file may hold zeros after its data (written ahead).
+            let zeroed_ahead = segments.back().map_or(0, |s| {
+                std::fs::metadata(&s.path).map_or(0, |m| m.len().saturating_sub(s.len))
+            });
             let end = segments.back().map_or(1, |s| s.end_seq);
             let (committed_tx, _) = watch::channel(end - 1);
             classes.push(Arc::new(ClassShared {
@@ -475,6 +487,7 @@ impl Shared {
                 committed_tx,
                 disk_bytes: AtomicU64::new(disk),
                 refused_full: AtomicU64::new(0),
+                zeroed_ahead: AtomicU64::new(zeroed_ahead),
                 refused_headroom: AtomicU64::new(0),
                 appended_records: AtomicU64::new(0),
                 appended_bytes: AtomicU64::new(0),
@@ -500,6 +513,7 @@ impl Shared {
                 zbody: Vec::new(),
                 frame: Vec::new(),
                 last_retention: Instant::now(),
+                zero_retry_at: None,
             };
             let h = std::thread::Builder::new()
                 .name("ferry-store-writer".into())
@@ -742,7 +756,8 @@ impl Shared {
                             name: c.name.clone(),
                             records,
                             logical_bytes: logical,
-                            disk_bytes: inner.segments.iter().map(|s| s.len).sum(),
+                            disk_bytes: inner.segments.iter().map(|s| s.len).sum::<u64>()
+                                + c.zeroed_ahead.load(Ordering::Relaxed),
                             segments: inner.segments.len() as u64,
                             oldest_seq: (records > 0).then_some(start),
                             oldest_ts_ms: None,
@@ -866,6 +881,8 @@ struct Writer {
     zbody: Vec<u8>,
     frame: Vec<u8>,
     last_retention: Instant,
+    /// After a failed zero write, none is tried before this (no log line per commit).
+    zero_retry_at: Option<Instant>,
 }
 
 /// One frame of a group commit, between write and fdatasync.
@@ -1135,6 +1152,56 @@ impl Writer {
                 t.send(Ok(f.header.first_seq + i as u64));
             }
         }
+        self.zero_ahead(class);
+    }
+
+    /// Keeps the active segment zeroed `zero_ahead_bytes` past its end (default and why:
+    /// [`segment::ZERO_AHEAD`]), after a commit's tickets completed. The zeros count against
+    /// the class's `max_bytes` and the disk headroom as data would; when either has no room,
+    /// commits simply extend the file.
+    fn zero_ahead(&mut self, class: ClassId) {
+        let Some(a) = self.actives[class].as_mut() else {
+            return;
+        };
+        let c = &self.classes[class];
+        c.zeroed_ahead
+            .store(a.zeroed_to.saturating_sub(a.len), Ordering::Relaxed);
+        let ahead = self.opts.zero_ahead_bytes;
+        if ahead == 0 || a.pending > 0 || a.zeroed_to >= a.len + ahead / 2 {
+            return;
+        }
+        if self.zero_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let target = (a.len + ahead).min(self.opts.segment_bytes);
+        if target <= a.zeroed_to.max(a.len) {
+            return;
+        }
+        let beyond_data = target - a.len;
+        if c.disk_bytes.load(Ordering::Relaxed) + beyond_data > c.opts.max_bytes {
+            return;
+        }
+        match self.opts.free_space.available() {
+            Ok(free) if free >= self.opts.min_free_bytes.saturating_add(beyond_data) => {}
+            _ => return,
+        }
+        let t0 = Instant::now();
+        let res = a.zero_ahead(target);
+        c.zeroed_ahead
+            .store(a.zeroed_to.saturating_sub(a.len), Ordering::Relaxed);
+        match res {
+            Ok(n) => {
+                self.io.zeroed.fetch_add(n, Ordering::Relaxed);
+                self.io
+                    .zero_nanos
+                    .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(class = %c.name, error = %e,
+                    "could not zero the active segment ahead; commits go on without it, next try in a minute");
+                self.zero_retry_at = Some(Instant::now() + std::time::Duration::from_secs(60));
+            }
+        }
     }
 
     /// Encodes `pend` as one frame and writes it to the active segment (rolling first when
@@ -1294,7 +1361,9 @@ impl Writer {
                 a.sync()?;
                 self.io.fsync(t0.elapsed());
             }
+            a.trim();
         }
+        c.zeroed_ahead.store(0, Ordering::Relaxed);
         for f in earlier.iter_mut() {
             f.synced = true;
         }

@@ -91,6 +91,9 @@ pub struct StoreOptions {
     /// `compress_min_bytes` stay raw.
     pub compression_level: i32,
     pub compress_min_bytes: usize,
+    /// How far the writer keeps the active segment zeroed ahead of its data (0 = off; see
+    /// `segment::ZERO_AHEAD` and docs/storage.md, "Zeroed ahead").
+    pub zero_ahead_bytes: u64,
     /// Appends in every class are refused while the filesystem has less free space than this.
     pub min_free_bytes: u64,
     /// Where free space is read from (statvfs on `data_dir` in production; tests set it).
@@ -112,6 +115,7 @@ impl StoreOptions {
             commit_max_bytes: 1 << 20,
             compression_level: 1,
             compress_min_bytes: 512,
+            zero_ahead_bytes: segment::ZERO_AHEAD,
             min_free_bytes: 0,
             read_only: false,
         }
@@ -199,7 +203,8 @@ pub struct ClassStats {
     pub records: u64,
     /// Uncompressed encoded size of those records.
     pub logical_bytes: u64,
-    /// Size of the class's segment files (including acknowledged records not yet freed).
+    /// Size of the class's segment files (including acknowledged records not yet freed, and
+    /// up to 2 MiB of zeros written ahead of the active segment's data: docs/storage.md).
     pub disk_bytes: u64,
     pub segments: u64,
     /// Sequence of the oldest waiting record (None when empty).
@@ -241,6 +246,10 @@ pub struct IoStats {
     pub records_written: u64,
     pub logical_bytes_written: u64,
     pub frame_bytes_written: u64,
+    /// Zeros written ahead of the active segment's end (docs/storage.md, "Zeroed ahead"), and
+    /// the time spent writing and syncing them.
+    pub zeroed_bytes_written: u64,
+    pub zero_seconds_sum: f64,
     /// Turns of the writer's loop: at least one a second even when idle, so a counter that
     /// stops moving means a wedged writer (the systemd watchdog watches it).
     pub writer_loops: u64,

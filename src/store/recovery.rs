@@ -291,6 +291,20 @@ pub(crate) fn recover_class(
                 bytes: scan.file_len - tail,
                 applied: !read_only,
             });
+        } else if let (Some(end), false) = (scan.zero_tail, is_last) {
+            // A sealed segment still has the zeros written ahead of its end (the roll that
+            // cuts them was interrupted). Cut them; no data is involved. The last segment
+            // keeps them: the writer goes on overwriting them.
+            if !read_only {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| StoreError::io("open segment", path, e))?;
+                f.set_len(end).and_then(|_| f.sync_all()).map_err(|e| {
+                    StoreError::io("cut zeroed space off a sealed segment", path, e)
+                })?;
+            }
+            tracing::debug!(class, segment = %seg_name, offset = end, "cut zeroed space off a sealed segment");
         }
         if let Some(prev) = segments.last() {
             if meta.first_seq < prev.end_seq {

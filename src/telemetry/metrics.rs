@@ -433,8 +433,9 @@ impl Metrics {
             ),
             written_bytes: Family::new(
                 "ferry_store_written_bytes_total",
-                "Bytes the store wrote, by kind: logical (uncompressed records) and frame \
-                 (what reached the device, after compression; flash wear follows this).",
+                "Bytes the store wrote, by kind: logical (uncompressed records), frame \
+                 (after compression) and zeroed (segment space zeroed ahead of the frames; \
+                 flash wear follows frame + zeroed).",
                 &["kind"],
             ),
             backlog_records: Family::new(
@@ -620,6 +621,9 @@ impl Metrics {
         self.written_bytes
             .with(&["frame"])
             .set_to(io.frame_bytes_written);
+        self.written_bytes
+            .with(&["zeroed"])
+            .set_to(io.zeroed_bytes_written);
     }
 
     /// Makes every scrape copy the store's figures in first ([`Metrics::update_from_store`],
