@@ -104,7 +104,8 @@ fn crc_valid_ranges(file: &[u8], out: &mut Vec<(u64, u64)>) {
 
 /// Reads the byte stream as ops. Each op: tag byte, u16 length, that many bytes.
 /// tag % 5: 0 new segment (header from the running sequence), 1 good frame, 2 frame with a
-/// bad CRC, 3 verbatim bytes, 4 new segment with a verbatim (possibly broken) header.
+/// bad CRC, 3 verbatim bytes (one byte `n`: 16 x n zeros, like the space the writer zeroes
+/// ahead of its data), 4 new segment with a verbatim (possibly broken) header.
 /// In a frame op, data[0] is the record count (0 allowed: invalid), data[1] bit 0 asks for
 /// zstd and bit 1 for a sequence that does not continue (data[2..10]); the rest is the body.
 fn build(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
@@ -138,7 +139,10 @@ fn build(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
                     continue;
                 };
                 if t == 3 {
-                    file.extend_from_slice(d);
+                    match d {
+                        [n] => file.resize(file.len() + 16 * usize::from(*n), 0),
+                        _ => file.extend_from_slice(d),
+                    }
                     continue;
                 }
                 let count = u32::from(d.first().copied().unwrap_or(1));

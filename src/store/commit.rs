@@ -22,7 +22,7 @@ use super::ackfile::{ClassState, StateFile};
 use super::format::*;
 use super::reader::Reader;
 use super::recovery::{recover_class, RecoveryReport};
-use super::segment::{self, ActiveSegment, SegmentMeta};
+use super::segment::{self, ActiveSegment, SegmentMeta, ZERO_STEP};
 use super::*;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -912,6 +912,8 @@ impl Writer {
             let (first, was_idle) = match self.rx.try_recv() {
                 Ok(c) => (c, false),
                 Err(mpsc::TryRecvError::Disconnected) => return,
+                // Idle: zero a little of an active segment ahead, then look again.
+                Err(mpsc::TryRecvError::Empty) if self.zero_step() => continue,
                 Err(mpsc::TryRecvError::Empty) => match self.rx.recv_timeout(tick) {
                     Ok(c) => (c, true),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -1152,56 +1154,75 @@ impl Writer {
                 t.send(Ok(f.header.first_seq + i as u64));
             }
         }
-        self.zero_ahead(class);
+        self.note_zeroed(class);
     }
 
-    /// Keeps the active segment zeroed `zero_ahead_bytes` past its end (default and why:
-    /// [`segment::ZERO_AHEAD`]), after a commit's tickets completed. The zeros count against
-    /// the class's `max_bytes` and the disk headroom as data would; when either has no room,
-    /// commits simply extend the file.
-    fn zero_ahead(&mut self, class: ClassId) {
-        let Some(a) = self.actives[class].as_mut() else {
-            return;
-        };
-        let c = &self.classes[class];
-        c.zeroed_ahead
-            .store(a.zeroed_to.saturating_sub(a.len), Ordering::Relaxed);
+    /// Publishes how many zeros the class's active segment holds after its data (its file
+    /// size on top of `disk_bytes`).
+    fn note_zeroed(&self, class: ClassId) {
+        if let Some(a) = self.actives[class].as_ref() {
+            self.classes[class]
+                .zeroed_ahead
+                .store(a.zeroed_to.saturating_sub(a.len), Ordering::Relaxed);
+        }
+    }
+
+    /// Called when the queue is empty, before the writer blocks: zeroes at most `ZERO_STEP`
+    /// more of one class's active segment, towards `zero_ahead_bytes` past its data (why:
+    /// [`segment::ZERO_AHEAD`]). True when it wrote something (the caller then looks at the
+    /// queue again before the next step), so a commit never waits for more than one step, and a
+    /// writer that is never idle writes no zeros (its commits extend the file, as without
+    /// zeroing). The zeros count against the class's `max_bytes` and the disk headroom as data
+    /// would; when either has no room, none are written.
+    fn zero_step(&mut self) -> bool {
         let ahead = self.opts.zero_ahead_bytes;
-        if ahead == 0 || a.pending > 0 || a.zeroed_to >= a.len + ahead / 2 {
-            return;
+        if ahead == 0 || self.zero_retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
         }
-        if self.zero_retry_at.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        let target = (a.len + ahead).min(self.opts.segment_bytes);
-        if target <= a.zeroed_to.max(a.len) {
-            return;
-        }
-        let beyond_data = target - a.len;
-        if c.disk_bytes.load(Ordering::Relaxed) + beyond_data > c.opts.max_bytes {
-            return;
-        }
-        match self.opts.free_space.available() {
-            Ok(free) if free >= self.opts.min_free_bytes.saturating_add(beyond_data) => {}
-            _ => return,
-        }
-        let t0 = Instant::now();
-        let res = a.zero_ahead(target);
-        c.zeroed_ahead
-            .store(a.zeroed_to.saturating_sub(a.len), Ordering::Relaxed);
-        match res {
-            Ok(n) => {
-                self.io.zeroed.fetch_add(n, Ordering::Relaxed);
-                self.io
-                    .zero_nanos
-                    .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        for class in 0..self.actives.len() {
+            let Some(a) = self.actives[class].as_mut() else {
+                continue;
+            };
+            let from = a.zeroed_to.max(a.len);
+            let target = (a.len + ahead).min(self.opts.segment_bytes);
+            // Whole steps only (each costs an fdatasync that commits the new file size), but
+            // the last bit before the segment's end too.
+            let step = ZERO_STEP.min(ahead);
+            if a.pending > 0
+                || target <= from
+                || (target - from < step && target < self.opts.segment_bytes)
+            {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(class = %c.name, error = %e,
-                    "could not zero the active segment ahead; commits go on without it, next try in a minute");
-                self.zero_retry_at = Some(Instant::now() + std::time::Duration::from_secs(60));
+            let to = target.min(from + ZERO_STEP);
+            let c = &self.classes[class];
+            if c.disk_bytes.load(Ordering::Relaxed) + (to - a.len) > c.opts.max_bytes {
+                continue;
             }
+            match self.opts.free_space.available() {
+                Ok(free) if free >= self.opts.min_free_bytes.saturating_add(to - from) => {}
+                _ => continue,
+            }
+            let t0 = Instant::now();
+            let res = a.zero_ahead(to);
+            c.zeroed_ahead
+                .store(a.zeroed_to.saturating_sub(a.len), Ordering::Relaxed);
+            match res {
+                Ok(n) => {
+                    self.io.zeroed.fetch_add(n, Ordering::Relaxed);
+                    self.io
+                        .zero_nanos
+                        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(class = %c.name, error = %e,
+                        "could not zero the active segment ahead; commits go on without it, next try in a minute");
+                    self.zero_retry_at = Some(Instant::now() + std::time::Duration::from_secs(60));
+                }
+            }
+            return true;
         }
+        false
     }
 
     /// Encodes `pend` as one frame and writes it to the active segment (rolling first when

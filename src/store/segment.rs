@@ -341,8 +341,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// How far the writer keeps the active segment zeroed ahead of its end by default
-/// (`storage.zero_ahead`; at most to the segment size), refilled when less than half of it is
-/// left.
+/// (`storage.zero_ahead`; at most to the segment size), in steps of [`ZERO_STEP`] while it is
+/// idle.
 ///
 /// Why: an fdatasync that extends a file must also commit the new size and block allocation
 /// through the filesystem journal; one that only overwrites allocated blocks flushes the data
@@ -352,6 +352,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// is writing each segment byte twice (zeros, then data): counted in
 /// `ferry_store_written_bytes_total{kind="zeroed"}`; `storage.zero_ahead = "0"` turns it off.
 pub(crate) const ZERO_AHEAD: u64 = 2 << 20;
+
+/// The most the writer zeroes at a time, only while no commit is queued: a commit that
+/// arrives meanwhile waits for at most this much (~0.4 ms on the project's disk).
+pub(crate) const ZERO_STEP: u64 = 256 << 10;
 
 /// The segment the writer appends to. Owned by the writer thread only.
 pub(crate) struct ActiveSegment {
