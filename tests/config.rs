@@ -107,6 +107,7 @@ fn store_options_follow_the_config() {
     assert_eq!(o.compression_level, 1);
     assert_eq!(o.compress_min_bytes, 512);
     assert_eq!(o.min_free_bytes, 256 << 20);
+    assert_eq!(o.zero_ahead_bytes, 2 << 20);
     assert!(!o.read_only);
     let names: Vec<_> = o.classes.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["critical", "telemetry", "bulk"]);
@@ -138,6 +139,18 @@ fn bad_size_names_class_index_line_and_expectation() {
     let msg = one_error(&text, "class[1].max_bytes", 10);
     assert!(msg.contains("unknown unit `XB`"), "{msg}");
     assert!(msg.contains("expected a size like \"512MiB\""), "{msg}");
+}
+
+#[test]
+fn zero_ahead_can_be_off_and_is_bounded() {
+    let cfg = Config::from_str_with_name("[storage]\nzero_ahead = \"0\"\n", "t").unwrap();
+    assert_eq!(cfg.store_options().zero_ahead_bytes, 0);
+    let msg = one_error(
+        "[storage]\nzero_ahead = \"1GiB\"\n",
+        "storage.zero_ahead",
+        2,
+    );
+    assert!(msg.contains("64MiB"), "{msg}");
 }
 
 #[test]

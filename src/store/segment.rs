@@ -348,8 +348,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// through the filesystem journal; one that only overwrites allocated blocks flushes the data
 /// alone. On the project's ext4 virtual disk a 6.8 KB write + fdatasync took 181-228 µs
 /// appending and 122-150 µs overwriting zeros (three runs each), and the store bench's
-/// fdatasync per commit fell from 253-410 µs to 167-217 µs (BENCHMARKS.md, store). The price
-/// is writing each segment byte twice (zeros, then data): counted in
+/// fdatasync per commit fell from 0.17-0.32 ms to 0.12-0.21 ms (BENCHMARKS.md, store). The
+/// price is writing each segment byte twice (zeros, then data): counted in
 /// `ferry_store_written_bytes_total{kind="zeroed"}`; `storage.zero_ahead = "0"` turns it off.
 pub(crate) const ZERO_AHEAD: u64 = 2 << 20;
 
