@@ -546,9 +546,37 @@ fn zeroed_space_is_a_clean_end_and_a_torn_frame_over_it_is_not() {
         (101..=105).collect::<Vec<_>>()
     );
     drop(store);
-    let (store, report) = Store::open(o).unwrap();
+    let (store, report) = Store::open(o.clone()).unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(read_all(&store, 0, 1).len(), 105);
+    drop(store);
+
+    // Zeros where a sealed segment's last frame was: not the space zeroed ahead (the next
+    // segment starts later), so damage: quarantined, the lost records counted.
+    let mut d = std::fs::read(&segs[0]).unwrap();
+    let mut at = 40;
+    let mut last_frame = (at, 0u64);
+    while at + 48 <= d.len() {
+        let body = u32::from_le_bytes(d[at + 4..at + 8].try_into().unwrap()) as usize;
+        let count = u32::from_le_bytes(d[at + 24..at + 28].try_into().unwrap());
+        last_frame = (at, u64::from(count));
+        at += 48 + body;
+    }
+    d[last_frame.0..].fill(0);
+    std::fs::write(&segs[0], &d).unwrap();
+    let (store, report) = Store::open(o).unwrap();
+    let q: Vec<_> = report.quarantined().collect();
+    assert_eq!(q.len(), 1, "{report:?}");
+    match q[0] {
+        RecoveryAction::Quarantined {
+            records_lost, what, ..
+        } => {
+            assert_eq!(*records_lost, last_frame.1, "{report:?}");
+            assert!(what.contains("zeros"), "{what}");
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(read_all(&store, 0, 1).len() as u64, 105 - last_frame.1);
 }
 
 /// `stats().disk_bytes` is what the segment files take, zeroed space included, and

@@ -1113,6 +1113,8 @@ impl Writer {
             }
         }
         if frames.is_empty() {
+            // A failed write cut the file back, zeros included.
+            self.note_zeroed(class);
             return;
         }
         let t0 = Instant::now();

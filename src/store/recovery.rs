@@ -208,16 +208,31 @@ pub(crate) fn recover_class(
             .unwrap_or_default();
         let prev_logical_end = segments.last().map(|s| s.logical_end);
         let mut meta = scan.meta.clone();
+        // Zeros after a sealed segment's data are the space zeroed ahead of it, left by an
+        // interrupted roll, only when its data reaches the next segment. Zeros where records
+        // should be are damage.
+        let zeroed_records = match (scan.zero_tail, next_first) {
+            (Some(at), Some(nf)) if nf > meta.end_seq => Some(at),
+            _ => None,
+        };
         let needs_quarantine = !scan.damage.is_empty()
             || (scan.tail_at.is_some() && !is_last)
+            || zeroed_records.is_some()
             || (scan.bad_header && meta.records > 0);
         if needs_quarantine {
             let mut lost = scan.lost_records;
             let (first_off, what) = match scan.damage.first() {
                 Some(d) => (d.offset, d.what.clone()),
-                None => match scan.tail_at {
-                    Some(t) => (t, "damaged tail".to_string()),
-                    None => (0, "damaged segment header".to_string()),
+                None => match (scan.tail_at, zeroed_records) {
+                    (Some(t), _) => (t, "damaged tail".to_string()),
+                    (None, Some(z)) => (
+                        z,
+                        format!(
+                            "zeros from here to the end, but the next segment starts at seq {}",
+                            next_first.unwrap_or_default()
+                        ),
+                    ),
+                    (None, None) => (0, "damaged segment header".to_string()),
                 },
             };
             let qpath = quarantine_dir.join(format!("{class}-{seg_name}-{}", super::now_ms()));
