@@ -579,6 +579,49 @@ fn zeroed_space_is_a_clean_end_and_a_torn_frame_over_it_is_not() {
     assert_eq!(read_all(&store, 0, 1).len() as u64, 105 - last_frame.1);
 }
 
+/// An empty active segment whose header is damaged, with zeroed space after it: the header is
+/// rewritten (reported), not taken as a clean end with a bad header left in place.
+#[test]
+fn a_damaged_header_over_zeroed_space_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
+    let (store, _) = Store::open(o.clone()).unwrap();
+    let segs = segment_paths(dir.path(), "a");
+    assert_eq!(segs.len(), 1);
+    // (The header itself ends in zero bytes: wait for the file to grow past it.)
+    for _ in 0..1000 {
+        if std::fs::metadata(&segs[0]).unwrap().len() > 40 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(store);
+    let mut d = std::fs::read(&segs[0]).unwrap();
+    assert!(
+        d.len() > 40 && d[40..].iter().all(|&b| b == 0),
+        "zeros follow the header: {} bytes, first non-zero after it at {:?}",
+        d.len(),
+        d[40..].iter().position(|&b| b != 0)
+    );
+    d[0] ^= 0xff;
+    std::fs::write(&segs[0], &d).unwrap();
+
+    let (store, report) = Store::open(o.clone()).unwrap();
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| matches!(a, RecoveryAction::TruncatedTail { .. })),
+        "the header rewrite is reported: {report:?}"
+    );
+    assert!(report.quarantined().next().is_none(), "{report:?}");
+    assert_eq!(append_all(&store, 0, 0..5, 80), (1..=5).collect::<Vec<_>>());
+    drop(store);
+    let (store, report) = Store::open(o).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(read_all(&store, 0, 1).len(), 5);
+}
+
 /// `stats().disk_bytes` is what the segment files take, zeroed space included, and
 /// `zero_ahead_bytes = 0` (`storage.zero_ahead = "0"`) writes no zeros at all.
 #[test]
@@ -618,11 +661,25 @@ fn disk_bytes_count_the_zeroed_space_and_zero_ahead_can_be_off() {
         }
         drop(store);
         // The next open counts the same.
-        let (store, report) = Store::open(o).unwrap();
+        let (store, report) = Store::open(o.clone()).unwrap();
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(
             store.stats()[0].disk_bytes,
             segment_file_bytes(dir.path(), "a")
+        );
+        assert_eq!(read_all(&store, 0, 1).len(), 300);
+        drop(store);
+        // Zeroing turned off: an open cuts the zeros written under the earlier setting.
+        o.zero_ahead_bytes = 0;
+        let (store, report) = Store::open(o).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        let files = segment_file_bytes(dir.path(), "a");
+        assert_eq!(store.stats()[0].disk_bytes, files);
+        let last = segment_paths(dir.path(), "a").pop().unwrap();
+        assert_ne!(
+            std::fs::read(&last).unwrap().last(),
+            Some(&0),
+            "zero_ahead {ahead}: zeros left after the data"
         );
         assert_eq!(read_all(&store, 0, 1).len(), 300);
     }

@@ -100,18 +100,25 @@ fn power_loss_keeps_every_acknowledged_record() {
     crash_cycles(true);
 }
 
-fn simulate_power_loss(dir: &Path, log: &Path) -> (usize, u64) {
-    let mut synced: HashMap<String, u64> = HashMap::new();
+/// Returns (files changed, bytes cut off past the synced length, bytes of writes over synced
+/// zeros turned back into zeros).
+fn simulate_power_loss(dir: &Path, log: &Path, rng: &mut impl Rng) -> (usize, u64, u64) {
+    use std::os::unix::fs::FileExt;
+    // Segment -> (durable data length, durable file length: the data and the zeros written
+    // ahead of it).
+    let mut synced: HashMap<String, (u64, u64)> = HashMap::new();
     if let Ok(text) = std::fs::read_to_string(log) {
         for line in text.lines() {
-            if let Some((p, len)) = line.rsplit_once(' ') {
-                if let Ok(len) = len.parse() {
-                    synced.insert(p.to_string(), len);
-                }
+            let mut f = line.rsplitn(3, ' ');
+            let (Some(file_len), Some(len), Some(p)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if let (Ok(len), Ok(file_len)) = (len.parse(), file_len.parse()) {
+                synced.insert(p.to_string(), (len, file_len));
             }
         }
     }
-    let (mut files, mut cut) = (0, 0);
+    let (mut files, mut cut, mut unwritten) = (0, 0, 0);
     for class in std::fs::read_dir(dir.join("classes")).unwrap() {
         for seg in std::fs::read_dir(class.unwrap().path()).unwrap() {
             let p = seg.unwrap().path();
@@ -119,26 +126,33 @@ fn simulate_power_loss(dir: &Path, log: &Path) -> (usize, u64) {
                 continue;
             }
             let size = std::fs::metadata(&p).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
             match synced.get(&p.display().to_string()) {
-                Some(&len) if len < size => {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .unwrap()
-                        .set_len(len)
-                        .unwrap();
-                    files += 1;
-                    cut += size - len;
+                Some(&(len, file_len)) => {
+                    let mut changed = false;
+                    // Nothing written past the synced file length survives...
+                    if size > file_len {
+                        f.set_len(file_len).unwrap();
+                        cut += size - file_len;
+                        changed = true;
+                    }
+                    // ...and of the writes over synced zeros, any prefix may (a torn frame
+                    // followed by zeros, or none of them).
+                    let over = size.min(file_len);
+                    if over > len {
+                        let keep = rng.random_range(len..=over);
+                        if keep < over {
+                            f.write_all_at(&vec![0; (over - keep) as usize], keep)
+                                .unwrap();
+                            unwritten += over - keep;
+                            changed = true;
+                        }
+                    }
+                    files += usize::from(changed);
                 }
-                Some(_) => {}
                 // Never synced at all: a power cut could leave no file (or an empty one).
                 None if size > 0 => {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .unwrap()
-                        .set_len(0)
-                        .unwrap();
+                    f.set_len(0).unwrap();
                     files += 1;
                     cut += size;
                 }
@@ -146,7 +160,7 @@ fn simulate_power_loss(dir: &Path, log: &Path) -> (usize, u64) {
             }
         }
     }
-    (files, cut)
+    (files, cut, unwritten)
 }
 
 fn crash_cycles(power_loss: bool) {
@@ -206,8 +220,8 @@ fn crash_cycles(power_loss: bool) {
         }
         total_acked += n;
         if power_loss {
-            let (files, bytes) = simulate_power_loss(dir.path(), &sync_log);
-            eprintln!("cycle {cycle}: power loss cut {bytes} unsynced bytes from {files} files");
+            let (files, bytes, unwritten) = simulate_power_loss(dir.path(), &sync_log, &mut rng);
+            eprintln!("cycle {cycle}: power loss cut {bytes} unsynced bytes from {files} files and turned {unwritten} unsynced bytes over zeroed space back into zeros");
         }
         // Reopen and check every acknowledged record, in every cycle so far.
         let (store, report) = Store::open(options(dir.path())).unwrap();

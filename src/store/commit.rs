@@ -464,15 +464,23 @@ impl Shared {
                 let a = ActiveSegment::create(&dir, first, logical)?;
                 segments.push_back(empty_meta(&a.path, first, logical));
             }
-            if !opts.read_only {
-                let back = segments.back().ok_or(StoreError::Closed)?;
-                actives.push(Some(ActiveSegment::reopen(&back.path, back.len)?));
-            }
-            let disk: u64 = segments.iter().map(|s| s.len).sum();
             // The active segment's file may hold zeros after its data (written ahead).
-            let zeroed_ahead = segments.back().map_or(0, |s| {
+            let mut zeroed_ahead = segments.back().map_or(0, |s| {
                 std::fs::metadata(&s.path).map_or(0, |m| m.len().saturating_sub(s.len))
             });
+            if !opts.read_only {
+                let back = segments.back().ok_or(StoreError::Closed)?;
+                let mut a = ActiveSegment::reopen(&back.path, back.len)?;
+                // More zeros than this configuration allows (written under a larger
+                // `storage.zero_ahead`, or none wanted now): cut them, the writer zeroes
+                // again within the current setting and caps.
+                if a.zeroed_to - a.len > opts.zero_ahead_bytes {
+                    a.trim();
+                }
+                zeroed_ahead = a.zeroed_to - a.len;
+                actives.push(Some(a));
+            }
+            let disk: u64 = segments.iter().map(|s| s.len).sum();
             let end = segments.back().map_or(1, |s| s.end_seq);
             let (committed_tx, _) = watch::channel(end - 1);
             classes.push(Arc::new(ClassShared {
@@ -1148,6 +1156,9 @@ impl Writer {
                 }
                 completed.push(f);
             }
+            // The zeros the frames went over stop counting in the same step, so `stats()`
+            // (under this lock) never counts those bytes twice.
+            self.note_zeroed(class);
             let end = inner.end_seq();
             c.committed_tx.send_replace(end - 1);
         }

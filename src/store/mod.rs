@@ -204,7 +204,8 @@ pub struct ClassStats {
     /// Uncompressed encoded size of those records.
     pub logical_bytes: u64,
     /// Size of the class's segment files (including acknowledged records not yet freed, and
-    /// up to 2 MiB of zeros written ahead of the active segment's data: docs/storage.md).
+    /// up to `storage.zero_ahead` of zeros written ahead of the active segment's data:
+    /// docs/storage.md).
     pub disk_bytes: u64,
     pub segments: u64,
     /// Sequence of the oldest waiting record (None when empty).

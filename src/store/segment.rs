@@ -199,9 +199,15 @@ pub(crate) fn scan(path: &Path, name_seq: u64) -> Result<Scan> {
                     .and_then(|_| file.read_to_end(&mut rest))
                     .map_err(|e| StoreError::io("read segment", path, e))?;
                 if rest.iter().all(|&b| b == 0) {
-                    // Zeroed ahead and not yet written: the clean end of the data.
                     out.damage.pop();
-                    out.zero_tail = Some(pos);
+                    if out.bad_header && meta.records == 0 {
+                        // No readable header and no record: recovery rewrites the header, as
+                        // for any segment whose header never made it to disk.
+                        out.tail_at = Some(pos);
+                    } else {
+                        // Zeroed ahead and not yet written: the clean end of the data.
+                        out.zero_tail = Some(pos);
+                    }
                     break;
                 }
                 match resync(&rest, 1, meta.end_seq) {
@@ -389,7 +395,7 @@ impl ActiveSegment {
             .and_then(|_| file.sync_data())
             .map_err(|e| StoreError::io("write segment header", &path, e))?;
         sync_dir(dir)?;
-        sync_log(&path, SEGMENT_HEADER_LEN as u64);
+        sync_log(&path, SEGMENT_HEADER_LEN as u64, SEGMENT_HEADER_LEN as u64);
         Ok(ActiveSegment {
             file,
             path,
@@ -446,6 +452,7 @@ impl ActiveSegment {
         match res {
             Ok(()) => {
                 self.zeroed_to = target;
+                sync_log(&self.path, self.len, self.zeroed_to);
                 Ok(target - from)
             }
             Err(e) => {
@@ -457,14 +464,15 @@ impl ActiveSegment {
     }
 
     /// Cuts the zeros after the data off a segment being sealed, so only the active segment
-    /// ever has them. A failure leaves them for recovery, which cuts them too.
+    /// ever has them (and off the active segment at open when they exceed the configured
+    /// `zero_ahead`). A failure leaves them for the next open to cut.
     pub fn trim(&mut self) {
         if self.zeroed_to > self.len && self.pending == 0 {
-            if let Err(e) = self.file.set_len(self.len) {
-                tracing::warn!(segment = %self.path.display(), error = %e,
-                    "could not cut the zeroed space off a sealed segment; the next open will");
+            match self.file.set_len(self.len) {
+                Ok(()) => self.zeroed_to = self.len,
+                Err(e) => tracing::warn!(segment = %self.path.display(), error = %e,
+                    "could not cut the zeroed space off a segment; the next open will"),
             }
-            self.zeroed_to = self.len;
         }
     }
 
@@ -491,7 +499,7 @@ impl ActiveSegment {
         }
         self.len += self.pending;
         self.pending = 0;
-        sync_log(&self.path, self.len);
+        sync_log(&self.path, self.len, self.zeroed_to);
         Ok(())
     }
 
@@ -505,10 +513,12 @@ impl ActiveSegment {
 }
 
 /// Test hook for power-loss simulation: when `FERRY_TEST_SYNC_LOG` names a file, every
-/// completed fdatasync of a segment appends `<path> <durable length>` to it. A test kills the
-/// process, cuts every segment back to its last logged length (what a power cut would leave
-/// of the page cache), and checks that recovery still has every acknowledged record.
-fn sync_log(path: &Path, len: u64) {
+/// completed fdatasync of a segment appends `<path> <durable data length> <durable file
+/// length>` to it (the second counts the zeros written ahead of the data). A test kills the
+/// process, leaves of every segment what a power cut could (the synced data and zeros, any
+/// prefix of the writes over those zeros, nothing past them), and checks that recovery still
+/// has every acknowledged record.
+fn sync_log(path: &Path, len: u64, file_len: u64) {
     use std::sync::{Mutex, OnceLock};
     static LOG: OnceLock<Option<Mutex<File>>> = OnceLock::new();
     let log = LOG.get_or_init(|| {
@@ -522,7 +532,7 @@ fn sync_log(path: &Path, len: u64) {
     });
     if let Some(m) = log {
         if let Ok(mut f) = m.lock() {
-            let _ = writeln!(f, "{} {len}", path.display());
+            let _ = writeln!(f, "{} {len} {}", path.display(), file_len.max(len));
         }
     }
 }
