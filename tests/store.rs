@@ -622,6 +622,56 @@ fn a_damaged_header_over_zeroed_space_is_rewritten() {
     assert_eq!(read_all(&store, 0, 1).len(), 5);
 }
 
+/// Delivered records missing from disk (the log ends before the acknowledged position, e.g. a
+/// device that lost synced writes): reported, and new records go on after the position
+/// instead of reusing sequence numbers the forwarder counts as delivered (they would never be
+/// sent).
+#[test]
+fn a_log_that_ends_before_the_acked_position_goes_on_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
+    let (store, _) = Store::open(o.clone()).unwrap();
+    append_all(&store, 0, 0..10, 80);
+    let got = read_all(&store, 0, 1);
+    store.ack(0, got[9].position()).unwrap();
+    drop(store);
+    let segs = segment_paths(dir.path(), "a");
+    assert_eq!(segs.len(), 1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .unwrap();
+    f.set_len(40).unwrap();
+    drop(f);
+
+    let (store, report) = Store::open(o.clone()).unwrap();
+    assert!(
+        report.actions.iter().any(|a| matches!(
+            a,
+            RecoveryAction::PositionPastLogEnd {
+                log_end_seq: 0,
+                acked_seq: 10,
+                ..
+            }
+        )),
+        "{report:?}"
+    );
+    assert_eq!(
+        append_all(&store, 0, 10..13, 80),
+        vec![11, 12, 13],
+        "new records start after the acknowledged position"
+    );
+    assert_eq!(store.stats()[0].records, 3);
+    let seqs: Vec<u64> = read_all(&store, 0, 11).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![11, 12, 13]);
+    drop(store);
+    let (store, report) = Store::open(o).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let seqs: Vec<u64> = read_all(&store, 0, 11).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![11, 12, 13]);
+    assert_eq!(store.stats()[0].records, 3);
+}
+
 /// `stats().disk_bytes` is what the segment files take, zeroed space included, and
 /// `zero_ahead_bytes = 0` (`storage.zero_ahead = "0"`) writes no zeros at all.
 #[test]

@@ -458,6 +458,33 @@ impl Shared {
             let dir = root.join("classes").join(&c.name);
             let rec = recover_class(&c.name, &dir, &quarantine, opts.read_only, &mut report)?;
             let mut segments: VecDeque<SegmentMeta> = rec.segments.into();
+            let acked = rec.state.acked;
+            if let Some(back) = segments.back().filter(|b| b.end_seq <= acked.seq) {
+                // The log ends at or before the acknowledged position: records that were
+                // delivered are gone from disk (a device that lost synced writes, files
+                // removed by hand). New records must not reuse sequence numbers the forwarder
+                // already counts as delivered, so the log goes on after the position.
+                tracing::error!(class = %c.name, log_end_seq = back.end_seq - 1, acked_seq = acked.seq,
+                    "the acknowledged position is past the end of the log: delivered records are missing from disk; new records start after the position");
+                report.actions.push(RecoveryAction::PositionPastLogEnd {
+                    class: c.name.clone(),
+                    log_end_seq: back.end_seq - 1,
+                    acked_seq: acked.seq,
+                    applied: !opts.read_only,
+                });
+                if !opts.read_only {
+                    // The old last segment is sealed now: cut any zeros written ahead of it.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&back.path)
+                        .and_then(|f| f.set_len(back.len).and_then(|_| f.sync_all()))
+                        .map_err(|e| StoreError::io("seal segment", &back.path, e))?;
+                    let first = acked.seq + 1;
+                    let logical = acked.logical_end.max(back.logical_end);
+                    let a = ActiveSegment::create(&dir, first, logical)?;
+                    segments.push_back(empty_meta(&a.path, first, logical));
+                }
+            }
             if segments.is_empty() && !opts.read_only {
                 let first = rec.state.acked.seq + 1;
                 let logical = rec.state.acked.logical_end;

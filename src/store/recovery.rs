@@ -68,6 +68,15 @@ pub enum RecoveryAction {
         what: String,
         applied: bool,
     },
+    /// The class's log ended at or before its acknowledged position (records that were
+    /// delivered are missing from disk); a new segment starts after the position so new
+    /// records never reuse a delivered sequence number.
+    PositionPastLogEnd {
+        class: String,
+        log_end_seq: u64,
+        acked_seq: u64,
+        applied: bool,
+    },
 }
 
 impl std::fmt::Display for RecoveryAction {
@@ -95,6 +104,17 @@ impl std::fmt::Display for RecoveryAction {
                 f,
                 "class {class}: segment {segment} had corrupt data at offset {first_damage_offset} ({what}); \
                  copied to {quarantine_path}, {records_lost} records lost, the rest is served"
+            ),
+            RecoveryAction::PositionPastLogEnd {
+                class,
+                log_end_seq,
+                acked_seq,
+                ..
+            } => write!(
+                f,
+                "class {class}: the log ends at seq {log_end_seq} but the acknowledged position is {acked_seq}: \
+                 delivered records are missing from disk (check the storage device); new records start at seq {}",
+                acked_seq + 1
             ),
         }
     }
