@@ -69,13 +69,7 @@ fn segment_file_bytes(dir: &Path, class: &str) -> u64 {
 /// data: the last segment file then ends in a zero byte.
 fn wait_for_zeroed_space(dir: &Path, class: &str) {
     for _ in 0..1000 {
-        let mut segs: Vec<_> = std::fs::read_dir(dir.join("classes").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .collect();
-        segs.sort();
-        if let Some(last) = segs.last() {
+        if let Some(last) = segment_paths(dir, class).last() {
             if std::fs::read(last).unwrap().last() == Some(&0) {
                 return;
             }
@@ -83,6 +77,25 @@ fn wait_for_zeroed_space(dir: &Path, class: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("the writer zeroed no space after the active segment's data within 10 s");
+}
+
+/// One class "a" with small segments and frames of at most 1 KiB, for tests that damage files.
+fn small_frames(dir: &Path, level: i32, segment_bytes: u64) -> StoreOptions {
+    let mut o = opts(dir, vec![class("a", 1 << 30, Overflow::DropOldest)]);
+    o.compression_level = level;
+    o.segment_bytes = segment_bytes;
+    o.commit_max_bytes = 1 << 10;
+    o
+}
+
+/// Appends `frames` commits of 5 records (80 B payloads) to class 0 and returns them all.
+fn fill_in_frames(store: &Store, frames: u64) -> Vec<StoredRecord> {
+    for f in 0..frames {
+        append_all(store, 0, f * 5..f * 5 + 5, 80);
+    }
+    let all = read_all(store, 0, 1);
+    assert_eq!(all.len() as u64, frames * 5);
+    all
 }
 
 fn read_all(store: &Store, c: ClassId, from: u64) -> Vec<StoredRecord> {
@@ -485,16 +498,9 @@ fn segment_paths(dir: &Path, class: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn zeroed_space_is_a_clean_end_and_a_torn_frame_over_it_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
-    o.compression_level = 0;
-    o.segment_bytes = 4 << 10;
-    o.commit_max_bytes = 1 << 10;
+    let o = small_frames(dir.path(), 0, 4 << 10);
     let (store, _) = Store::open(o.clone()).unwrap();
-    for f in 0..20u64 {
-        append_all(&store, 0, f * 5..f * 5 + 5, 80);
-    }
-    let all = read_all(&store, 0, 1);
-    assert_eq!(all.len(), 100);
+    let all = fill_in_frames(&store, 20);
     wait_for_zeroed_space(dir.path(), "a");
     drop(store);
     let segs = segment_paths(dir.path(), "a");
@@ -579,47 +585,55 @@ fn zeroed_space_is_a_clean_end_and_a_torn_frame_over_it_is_not() {
     assert_eq!(read_all(&store, 0, 1).len() as u64, 105 - last_frame.1);
 }
 
-/// An empty active segment whose header is damaged, with zeroed space after it: the header is
-/// rewritten (reported), not taken as a clean end with a bad header left in place.
+/// An empty last segment whose header is damaged (a crash during a roll), header only or with
+/// zeroed space after it: the header is rewritten from the previous segment's end, and the
+/// records appended after it continue the class's sequence and logical offsets, so later opens
+/// are clean (a header left damaged read as logical start 0, and the next opens quarantined
+/// and then cut the records appended into it).
 #[test]
-fn a_damaged_header_over_zeroed_space_is_rewritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
-    let (store, _) = Store::open(o.clone()).unwrap();
-    let segs = segment_paths(dir.path(), "a");
-    assert_eq!(segs.len(), 1);
-    // (The header itself ends in zero bytes: wait for the file to grow past it.)
-    for _ in 0..1000 {
-        if std::fs::metadata(&segs[0]).unwrap().len() > 40 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    drop(store);
-    let mut d = std::fs::read(&segs[0]).unwrap();
-    assert!(
-        d.len() > 40 && d[40..].iter().all(|&b| b == 0),
-        "zeros follow the header: {} bytes, first non-zero after it at {:?}",
-        d.len(),
-        d[40..].iter().position(|&b| b != 0)
-    );
-    d[0] ^= 0xff;
-    std::fs::write(&segs[0], &d).unwrap();
+fn a_damaged_header_on_an_empty_last_segment_is_rewritten() {
+    for zeros in [0usize, 3000] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
+        let (store, _) = Store::open(o.clone()).unwrap();
+        append_all(&store, 0, 0..20, 80);
+        drop(store);
+        let mut d = vec![0xa5u8; 40];
+        d.resize(40 + zeros, 0);
+        let seg = dir.path().join("classes/a").join(format!("{:020}.seg", 21));
+        assert!(!seg.exists());
+        std::fs::write(&seg, &d).unwrap();
 
-    let (store, report) = Store::open(o.clone()).unwrap();
-    assert!(
-        report
-            .actions
-            .iter()
-            .any(|a| matches!(a, RecoveryAction::TruncatedTail { .. })),
-        "the header rewrite is reported: {report:?}"
-    );
-    assert!(report.quarantined().next().is_none(), "{report:?}");
-    assert_eq!(append_all(&store, 0, 0..5, 80), (1..=5).collect::<Vec<_>>());
-    drop(store);
-    let (store, report) = Store::open(o).unwrap();
-    assert!(report.is_clean(), "{report:?}");
-    assert_eq!(read_all(&store, 0, 1).len(), 5);
+        let (store, report) = Store::open(o.clone()).unwrap();
+        assert!(
+            report
+                .actions
+                .iter()
+                .any(|a| matches!(a, RecoveryAction::TruncatedTail { .. })),
+            "zeros {zeros}: the header rewrite is reported: {report:?}"
+        );
+        assert!(report.quarantined().next().is_none(), "{report:?}");
+        assert_eq!(
+            append_all(&store, 0, 20..25, 80),
+            (21..=25).collect::<Vec<_>>()
+        );
+        drop(store);
+        for round in 0..2 {
+            let (store, report) = Store::open(o.clone()).unwrap();
+            assert!(report.is_clean(), "zeros {zeros}, open {round}: {report:?}");
+            let all = read_all(&store, 0, 1);
+            let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=25 + round).collect::<Vec<_>>());
+            assert!(
+                all.windows(2).all(|w| w[0].logical_end < w[1].logical_end),
+                "zeros {zeros}: logical offsets go on across the rewritten header"
+            );
+            // Appending and reopening once more keeps it so.
+            if round == 0 {
+                append_all(&store, 0, 25..26, 80);
+            }
+        }
+    }
 }
 
 /// Delivered records missing from disk (the log ends before the acknowledged position, e.g. a
@@ -637,12 +651,10 @@ fn a_log_that_ends_before_the_acked_position_goes_on_after_it() {
     drop(store);
     let segs = segment_paths(dir.path(), "a");
     assert_eq!(segs.len(), 1);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segs[0])
-        .unwrap();
-    f.set_len(40).unwrap();
-    drop(f);
+    // The delivered frames read back as zeros (what a device that lost them returns).
+    let mut d = std::fs::read(&segs[0]).unwrap();
+    d[40..].fill(0);
+    std::fs::write(&segs[0], &d).unwrap();
 
     let (store, report) = Store::open(o.clone()).unwrap();
     assert!(
@@ -665,11 +677,17 @@ fn a_log_that_ends_before_the_acked_position_goes_on_after_it() {
     let seqs: Vec<u64> = read_all(&store, 0, 11).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![11, 12, 13]);
     drop(store);
+    // The old segment was sealed (its zeros cut): the next open is clean, not a quarantine of
+    // zeros where records should be.
     let (store, report) = Store::open(o).unwrap();
     assert!(report.is_clean(), "{report:?}");
-    let seqs: Vec<u64> = read_all(&store, 0, 11).iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, vec![11, 12, 13]);
+    let all = read_all(&store, 0, 1);
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![11, 12, 13], "a reader from seq 1 jumps the gap");
     assert_eq!(store.stats()[0].records, 3);
+    // Acknowledging frees the old, empty segment.
+    store.ack(0, all[2].position()).unwrap();
+    assert_eq!(segment_paths(dir.path(), "a").len(), 1);
 }
 
 /// `stats().disk_bytes` is what the segment files take, zeroed space included, and
@@ -742,16 +760,14 @@ fn corrupt_middle_segment_is_quarantined() {
     use rand::{Rng, SeedableRng};
     for seed in 0..20u64 {
         let dir = tempfile::tempdir().unwrap();
-        let mut o = opts(dir.path(), vec![class("a", 1 << 30, Overflow::DropOldest)]);
-        o.compression_level = if seed % 2 == 0 { 3 } else { 0 };
-        o.segment_bytes = if seed % 2 == 0 { 2 << 10 } else { 8 << 10 };
-        o.commit_max_bytes = 1 << 10;
+        let (level, segment_bytes) = if seed % 2 == 0 {
+            (3, 2 << 10)
+        } else {
+            (0, 8 << 10)
+        };
+        let o = small_frames(dir.path(), level, segment_bytes);
         let (store, _) = Store::open(o.clone()).unwrap();
-        for f in 0..40u64 {
-            append_all(&store, 0, f * 5..f * 5 + 5, 80);
-        }
-        let all = read_all(&store, 0, 1);
-        assert_eq!(all.len(), 200);
+        let all = fill_in_frames(&store, 40);
         drop(store);
         let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("classes/a"))
             .unwrap()

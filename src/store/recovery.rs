@@ -301,7 +301,7 @@ pub(crate) fn recover_class(
                 if keep == 0 {
                     let h = SegmentHeader {
                         first_seq: *seq,
-                        logical_start: prev_logical_end.unwrap_or(0),
+                        logical_start: prev_logical_end.unwrap_or(state.acked.logical_end),
                     };
                     segment::write_file_durably(path, &h.encode())?;
                     meta.logical_start = h.logical_start;

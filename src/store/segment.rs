@@ -199,15 +199,9 @@ pub(crate) fn scan(path: &Path, name_seq: u64) -> Result<Scan> {
                     .and_then(|_| file.read_to_end(&mut rest))
                     .map_err(|e| StoreError::io("read segment", path, e))?;
                 if rest.iter().all(|&b| b == 0) {
+                    // Zeroed ahead and not yet written: the clean end of the data.
                     out.damage.pop();
-                    if out.bad_header && meta.records == 0 {
-                        // No readable header and no record: recovery rewrites the header, as
-                        // for any segment whose header never made it to disk.
-                        out.tail_at = Some(pos);
-                    } else {
-                        // Zeroed ahead and not yet written: the clean end of the data.
-                        out.zero_tail = Some(pos);
-                    }
+                    out.zero_tail = Some(pos);
                     break;
                 }
                 match resync(&rest, 1, meta.end_seq) {
@@ -234,6 +228,14 @@ pub(crate) fn scan(path: &Path, name_seq: u64) -> Result<Scan> {
                 }
             }
         }
+    }
+    if out.bad_header && meta.records == 0 && out.damage.is_empty() {
+        // No readable header and no record (header only, or zeros after it): recovery
+        // rewrites the header, as for one that never made it to disk. Left in place, its
+        // logical start would read as 0 and the frames appended after it would not continue
+        // the class's logical offsets.
+        out.zero_tail = None;
+        out.tail_at = Some(out.tail_at.unwrap_or(SEGMENT_HEADER_LEN as u64));
     }
     out.meta = meta;
     Ok(out)
