@@ -474,11 +474,7 @@ impl Shared {
                 });
                 if !opts.read_only {
                     // The old last segment is sealed now: cut any zeros written ahead of it.
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&back.path)
-                        .and_then(|f| f.set_len(back.len).and_then(|_| f.sync_all()))
-                        .map_err(|e| StoreError::io("seal segment", &back.path, e))?;
+                    segment::truncate_durably(&back.path, back.len, "seal segment")?;
                     let first = acked.seq + 1;
                     let logical = acked.logical_end.max(back.logical_end);
                     let a = ActiveSegment::create(&dir, first, logical)?;
@@ -492,10 +488,11 @@ impl Shared {
                 segments.push_back(empty_meta(&a.path, first, logical));
             }
             // The active segment's file may hold zeros after its data (written ahead).
-            let mut zeroed_ahead = segments.back().map_or(0, |s| {
-                std::fs::metadata(&s.path).map_or(0, |m| m.len().saturating_sub(s.len))
-            });
-            if !opts.read_only {
+            let zeroed_ahead = if opts.read_only {
+                segments.back().map_or(0, |s| {
+                    std::fs::metadata(&s.path).map_or(0, |m| m.len().saturating_sub(s.len))
+                })
+            } else {
                 let back = segments.back().ok_or(StoreError::Closed)?;
                 let mut a = ActiveSegment::reopen(&back.path, back.len)?;
                 // More zeros than this configuration allows (written under a larger
@@ -504,9 +501,10 @@ impl Shared {
                 if a.zeroed_to - a.len > opts.zero_ahead_bytes {
                     a.trim();
                 }
-                zeroed_ahead = a.zeroed_to - a.len;
+                let zeroed = a.zeroed_to - a.len;
                 actives.push(Some(a));
-            }
+                zeroed
+            };
             let disk: u64 = segments.iter().map(|s| s.len).sum();
             let end = segments.back().map_or(1, |s| s.end_seq);
             let (committed_tx, _) = watch::channel(end - 1);
@@ -1194,7 +1192,6 @@ impl Writer {
                 t.send(Ok(f.header.first_seq + i as u64));
             }
         }
-        self.note_zeroed(class);
     }
 
     /// Publishes how many zeros the class's active segment holds after its data (its file

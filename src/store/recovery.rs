@@ -24,7 +24,6 @@ use super::ackfile::{ClassState, StateFile};
 use super::format::*;
 use super::segment::{self, SegmentMeta};
 use super::{DropReason, Result, StoreError};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -307,13 +306,7 @@ pub(crate) fn recover_class(
                     meta.logical_start = h.logical_start;
                     meta.logical_end = h.logical_start;
                 } else {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| StoreError::io("open segment", path, e))?;
-                    f.set_len(keep)
-                        .and_then(|_| f.sync_all())
-                        .map_err(|e| StoreError::io("truncate torn tail", path, e))?;
+                    segment::truncate_durably(path, keep, "truncate torn tail")?;
                 }
             }
             meta.len = keep.max(SEGMENT_HEADER_LEN as u64);
@@ -331,13 +324,7 @@ pub(crate) fn recover_class(
             // cuts them was interrupted). Cut them; no data is involved. The last segment
             // keeps them: the writer goes on overwriting them.
             if !read_only {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| StoreError::io("open segment", path, e))?;
-                f.set_len(end).and_then(|_| f.sync_all()).map_err(|e| {
-                    StoreError::io("cut zeroed space off a sealed segment", path, e)
-                })?;
+                segment::truncate_durably(path, end, "cut zeroed space off a sealed segment")?;
             }
             tracing::debug!(class, segment = %seg_name, offset = end, "cut zeroed space off a sealed segment");
         }

@@ -334,6 +334,17 @@ pub(crate) fn rewrite_valid_frames(scan: &Scan) -> Result<SegmentMeta> {
     Ok(meta)
 }
 
+/// Cuts a segment file to `len` bytes and syncs it (`what` names the step in the error).
+pub(crate) fn truncate_durably(path: &Path, len: u64, what: &'static str) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("open segment", path, e))?;
+    f.set_len(len)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::io(what, path, e))
+}
+
 pub(crate) fn write_file_durably(path: &Path, data: &[u8]) -> Result<()> {
     let mut f = File::create(path).map_err(|e| StoreError::io("create", path, e))?;
     f.write_all(data)
