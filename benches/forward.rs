@@ -7,7 +7,10 @@
 //! cargo bench --bench forward -- --messages 200000 --throttle-secs 20 --rss-gb 1   # quick
 //! ```
 //! Env: `FERRY_BENCH_DIR` (where the stores go; default the system temp dir),
-//! `FERRY_TANSU` (broker binary; default `~/.local/share/ferry-test/bin/tansu`).
+//! `FERRY_TANSU` (broker binary; default `~/.local/share/ferry-test/bin/tansu`). Diagnostic
+//! knobs are described where they are read (`FERRY_BENCH_KAFKA`, `FERRY_BENCH_LINGER_MS`,
+//! `FERRY_BENCH_MAX_IN_FLIGHT`, `FERRY_BENCH_PLAIN_WINDOW`, `FERRY_BENCH_TIMELINE`,
+//! `FERRY_BENCH_TRACE`).
 //!
 //! ## Shape
 //! Each part runs in its own child process (this binary re-executed with `--part NAME`) with
@@ -25,6 +28,8 @@
 //!    of every record (its acknowledged position in `status()`, polled every 2 ms, as the
 //!    plain run polls its delivery count); the time until `store.acked()` (the persisted
 //!    position, written every `ack_interval` = 200 ms) reaches the end is printed beside it.
+//!    Each side's first acknowledgement is timed too (the producer's start: connection and
+//!    producer id), and a second ratio from each side's first acknowledgement to its last.
 //!    The two alternate, `--rounds N` times (default 3; each ferry run drains its own class
 //!    holding the same records, every run sends to its own topic), with one plain run more at
 //!    the end, and the headline ratio comes from the summed times: on a shared machine one
@@ -425,6 +430,8 @@ fn runtime() -> tokio::runtime::Runtime {
 
 struct Counting {
     ok: AtomicU64,
+    /// Records handed to librdkafka so far.
+    queued: AtomicU64,
     failed: AtomicU64,
     tx_bytes: AtomicI64,
 }
@@ -449,6 +456,10 @@ impl ProducerContext for Ctx {
 
 struct PlainRun {
     secs: f64,
+    /// Until the first delivery report.
+    first_ack: f64,
+    /// Records queued in librdkafka by then.
+    queued_at_first_ack: u64,
     csw: u64,
     cpu: f64,
     broker_cpu: f64,
@@ -463,6 +474,7 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
         .set("statistics.interval.ms", "500");
     let ctx = Arc::new(Counting {
         ok: AtomicU64::new(0),
+        queued: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         tx_bytes: AtomicI64::new(0),
     });
@@ -470,6 +482,20 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
     let threads0 = thread_stats();
     let (cpu0, bcpu0, csw0) = (self_cpu(), proc_cpu(broker_pid), self_csw());
     let t0 = Instant::now();
+    // When the first delivery report came (the producer's start: connection, producer id),
+    // and how many records had been queued by then; sampled every 2 ms like the end.
+    let first_ack_sampler = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(2));
+            if ctx.ok.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) > 0 {
+                return (
+                    t0.elapsed().as_secs_f64(),
+                    ctx.queued.load(Ordering::Relaxed),
+                );
+            }
+        })
+    };
     // Diagnostic: `FERRY_BENCH_PLAIN_WINDOW=N` keeps at most N records unreported, like
     // ferry's in-flight record cap (default: no window, the whole backlog queued at once).
     let window: Option<u64> = std::env::var("FERRY_BENCH_PLAIN_WINDOW")
@@ -500,7 +526,10 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
                 br = br.key(k.as_str());
             }
             match p.send(br) {
-                Ok(()) => break,
+                Ok(()) => {
+                    ctx.queued.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 Err((e, _)) => {
                     assert_eq!(
                         e.rdkafka_error_code(),
@@ -517,6 +546,7 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
         std::thread::sleep(Duration::from_millis(2));
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (first_ack, queued_at_first_ack) = first_ack_sampler.join().unwrap();
     let (cpu, broker_cpu) = (self_cpu() - cpu0, proc_cpu(broker_pid) - bcpu0);
     let csw = self_csw() - csw0;
     print_thread_stats("plain", &threads0, &thread_stats(), recs.len() as u64);
@@ -524,6 +554,8 @@ fn plain_run(bootstrap: &str, broker_pid: u32, recs: &[KafkaRecord]) -> PlainRun
     std::thread::sleep(Duration::from_millis(1200));
     PlainRun {
         secs,
+        first_ack,
+        queued_at_first_ack,
         csw,
         cpu,
         broker_cpu,
@@ -650,9 +682,13 @@ fn part_drain(args: &Args) {
         // at the next `ack_interval` tick (200 ms); timing that instead rounded every ferry
         // run up to the tick (the times came in 0.2 s steps), so it is reported apart.
         let (mut peak, mut sum, mut samples) = (0u64, 0u64, 0u64);
+        let mut first_ack: Option<f64> = None;
         loop {
             std::thread::sleep(Duration::from_millis(2));
             let st = fwd.handle.status();
+            if first_ack.is_none() && st.classes[class].acked_seq > 0 {
+                first_ack = Some(t0.elapsed().as_secs_f64());
+            }
             peak = peak.max(st.in_flight_bytes);
             sum += st.in_flight_bytes;
             samples += 1;
@@ -673,6 +709,7 @@ fn part_drain(args: &Args) {
         FerryRun {
             secs,
             persisted_secs,
+            first_ack: first_ack.unwrap_or(0.0),
             cpu,
             broker_cpu,
             csw,
@@ -689,13 +726,16 @@ fn part_drain(args: &Args) {
             r.topic = plain_topic(k).into();
         }
         let p = plain_run(&broker.bootstrap(), broker.pid(), &recs);
-        eprintln!("drain: plain #{k} {:.2} s", p.secs);
+        eprintln!(
+            "drain: plain #{k} {:.2} s first ack {:.3} s",
+            p.secs, p.first_ack
+        );
         plains.push(p);
         if k <= rounds {
             let f = drain(k - 1, class_opts());
             eprintln!(
-                "drain: ferry #{k} {:.2} s (position persisted at {:.2} s)",
-                f.secs, f.persisted_secs
+                "drain: ferry #{k} {:.2} s (position persisted at {:.2} s) first ack {:.3} s",
+                f.secs, f.persisted_secs, f.first_ack
             );
             ferries.push(f);
         }
@@ -726,17 +766,18 @@ fn part_drain(args: &Args) {
         wire_bytes as f64 / 1e6,
         st.disk_bytes as f64 / 1e6
     );
-    println!("| run | seconds | msg/s | payload MB/s | record MB/s | network MB/s (zstd, librdkafka tx_bytes) | CPU s (bench process) | CPU µs/record (bench process) | context switches per 1000 records (bench process) | CPU s (broker) | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | seconds | first ack (s) | msg/s | payload MB/s | record MB/s | network MB/s (zstd, librdkafka tx_bytes) | CPU s (bench process) | CPU µs/record (bench process) | context switches per 1000 records (bench process) | CPU s (broker) | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let row = |name: &str,
                secs: f64,
+               first_ack: f64,
                cpu: f64,
                bcpu: f64,
                csw: u64,
                net: Option<i64>,
                failed: u64| {
         println!(
-            "| {name} | {secs:.2} | {} | {:.1} | {:.1} | {} | {cpu:.1} | {:.2} | {:.0} | {bcpu:.1} | {failed} |",
+            "| {name} | {secs:.2} | {first_ack:.2} | {} | {:.1} | {:.1} | {} | {cpu:.1} | {:.2} | {:.0} | {bcpu:.1} | {failed} |",
             fmt_int(rate(secs) as u64),
             payload_bytes as f64 / 1e6 / secs,
             wire_bytes as f64 / 1e6 / secs,
@@ -749,6 +790,7 @@ fn part_drain(args: &Args) {
         row(
             name,
             f.secs,
+            f.first_ack,
             f.cpu,
             f.broker_cpu,
             f.csw,
@@ -760,6 +802,7 @@ fn part_drain(args: &Args) {
         row(
             &format!("plain rdkafka producer #{}", k + 1),
             p.secs,
+            p.first_ack,
             p.cpu,
             p.broker_cpu,
             p.csw,
@@ -811,6 +854,26 @@ fn part_drain(args: &Args) {
         per_round.join(", "),
         plain_mean / persisted_mean
     );
+    // The same runs from each side's first acknowledgement to its last: the producer's start
+    // left out. Not like for like either: while the plain producer waited for its start it
+    // queued records in librdkafka (all of them, given time), ferry keeps at most its
+    // in-flight window unacknowledged.
+    let plain_steady = plains.iter().map(|p| p.secs - p.first_ack).sum::<f64>();
+    let ferry_steady = ferries.iter().map(|f| f.secs - f.first_ack).sum::<f64>();
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "\nFirst acknowledgement (the producer's start: connection and producer id) after {:.2} s for the plain producer, {:.2} s for ferry (means). \
+         From each side's first acknowledgement to its last: plain {} msg/s, ferry {} msg/s = **{:.2}x** — not like for like either: by its first acknowledgement \
+         the plain producer had already queued {} of the {} records in librdkafka, ferry keeps at most {} unacknowledged.",
+        mean(plains.iter().map(|p| p.first_ack).collect()),
+        mean(ferries.iter().map(|f| f.first_ack).collect()),
+        fmt_int((n as f64 * plains.len() as f64 / plain_steady) as u64),
+        fmt_int((n as f64 * ferries.len() as f64 / ferry_steady) as u64),
+        (plain_steady / plains.len() as f64) / (ferry_steady / ferries.len() as f64),
+        fmt_int(mean(plains.iter().map(|p| p.queued_at_first_ack as f64).collect()) as u64),
+        fmt_int(n),
+        fmt_int(ForwarderOptions::new(GATEWAY, kafka_opts("-")).max_in_flight_records as u64),
+    );
     let s = &ferries[0].status;
     println!(
         "\nferry details (run #1): sent {} records ({} re-sent), sent_bytes {:.1} MB, acked {}, producer resets {}, in flight (2 ms samples) mean {:.1} MiB / peak {:.1} MiB of the 16 MiB limit; \
@@ -835,6 +898,8 @@ struct FerryRun {
     secs: f64,
     /// Until the store's acknowledged position was persisted (the next `ack_interval` tick).
     persisted_secs: f64,
+    /// Until the first acknowledgement (the producer's start: connection, producer id).
+    first_ack: f64,
     cpu: f64,
     broker_cpu: f64,
     csw: u64,
@@ -851,6 +916,14 @@ struct FerryRun {
 /// `--part drain` print the same per-thread lines). `FERRY_BENCH_MAX_IN_FLIGHT=N` sets the
 /// record cap (and at least N KiB of byte cap) for a diagnostic run.
 fn ferry_only(n: u64) {
+    // Diagnostic: `FERRY_BENCH_TRACE=1` logs ferry's tracing and librdkafka's log to stderr
+    // (librdkafka's debug contexts via `FERRY_BENCH_KAFKA=debug=all`).
+    if std::env::var("FERRY_BENCH_TRACE").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("ferry=debug,librdkafka=debug")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let broker = Tansu::start();
     broker.create_topic("ferry.telemetry", PARTITIONS);
     let dir = bench_dir();
@@ -870,12 +943,18 @@ fn ferry_only(n: u64) {
     let (cpu0, csw0, t0) = (self_cpu(), self_csw(), Instant::now());
     let fwd = spawn_forwarder(&rt, &store, dir.path(), opts, Box::new(Unlimited));
     let (mut sum_inflight, mut samples) = (0u64, 0u64);
+    let mut timeline: Vec<(f64, u64, u64)> = Vec::new();
     // Until Kafka acknowledged every record (see `part_drain`'s `drain`).
     loop {
         std::thread::sleep(Duration::from_millis(2));
         let st = fwd.handle.status();
         sum_inflight += st.classes[0].in_flight_records;
         samples += 1;
+        timeline.push((
+            t0.elapsed().as_secs_f64(),
+            st.classes[0].acked_seq,
+            st.classes[0].sent_records,
+        ));
         if st.classes[0].acked_seq >= n {
             break;
         }
@@ -884,6 +963,40 @@ fn ferry_only(n: u64) {
     let cpu = self_cpu() - cpu0;
     let csw = self_csw() - csw0;
     let threads1 = thread_stats();
+    // Diagnostic: `FERRY_BENCH_TIMELINE=1` prints when the first record was sent and the
+    // first acknowledged, the rate from there on, every gap of > 30 ms without progress, and
+    // acked/sent every ~100 ms (how the 0.5 s / 1.0 s producer-id wait was found).
+    if std::env::var("FERRY_BENCH_TIMELINE").is_ok() {
+        let mut last = (0.0, 0u64);
+        for (t, a, s) in &timeline {
+            if *a != last.1 {
+                if t - last.0 > 0.03 {
+                    eprintln!(
+                        "stall: no ack progress {:.0} ms from {:.3} s at acked {} (sent {s})",
+                        (t - last.0) * 1e3,
+                        last.0,
+                        last.1
+                    );
+                }
+                last = (*t, *a);
+            }
+        }
+        let first = timeline.iter().find(|x| x.2 > 0).map_or(0.0, |x| x.0);
+        let first_ack = timeline.iter().find(|x| x.1 > 0).map_or(0.0, |x| x.0);
+        eprintln!("first sent at {first:.3} s, first ack at {first_ack:.3} s");
+        let last = timeline.last().map_or(0.0, |x| x.0);
+        let a0 = timeline.iter().find(|x| x.1 > 0).map_or(0, |x| x.1);
+        eprintln!(
+            "steady: {:.0} msg/s from first ack to the end",
+            (n - a0) as f64 / (last - first_ack)
+        );
+        for w in timeline.chunks(50) {
+            let (t, a, s) = w[w.len() - 1];
+            eprint!("{t:.2}:{}k/{}k ", a / 1000, s / 1000);
+        }
+        eprintln!();
+    }
+
     fwd.stop(&rt);
     let mean_inflight = sum_inflight as f64 / samples.max(1) as f64;
     let rate = n as f64 / secs;
