@@ -982,10 +982,12 @@ fn ferry_only(n: u64) {
             }
         }
         let first = timeline.iter().find(|x| x.2 > 0).map_or(0.0, |x| x.0);
-        let first_ack = timeline.iter().find(|x| x.1 > 0).map_or(0.0, |x| x.0);
+        let (first_ack, a0) = timeline
+            .iter()
+            .find(|x| x.1 > 0)
+            .map_or((0.0, 0), |x| (x.0, x.1));
         eprintln!("first sent at {first:.3} s, first ack at {first_ack:.3} s");
         let last = timeline.last().map_or(0.0, |x| x.0);
-        let a0 = timeline.iter().find(|x| x.1 > 0).map_or(0, |x| x.1);
         eprintln!(
             "steady: {:.0} msg/s from first ack to the end",
             (n - a0) as f64 / (last - first_ack)
